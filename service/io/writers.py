@@ -1,0 +1,132 @@
+"""Write label masks as uint8 NIfTI, atomically.
+
+Header rules (both the file and the in-memory variant):
+
+- voxels are ``uint8`` (labels 0..255; anything outside that range is a ``ValueError``);
+- the volume's affine is stored as BOTH the sform and the qform, each with code 1 (scanner),
+  and ``xyzt_units`` say mm;
+- no intensity scaling (``scl_slope`` unset), so readers get the labels back verbatim.
+
+Affine precision: NIfTI stores the sform rows as float32, and nibabel returns the sform on load
+when its code is non-zero, so a round trip gives back the affine rounded to float32 (about 6e-8
+relative: exact for affines that came from a NIfTI file, within ~5e-5 mm for origins near
+800 mm otherwise). The qform is a quaternion plus pixdim (also float32) and can only represent
+rotations; for sheared affines it is the closest rotation, which is why the sform is the one
+that counts and why readers must prefer it (nibabel does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO
+
+import nibabel as nib
+import numpy as np
+
+from service.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+# Label masks are mostly zeros; level 6 is close to the best ratio at a fraction of 9's time.
+_GZIP_LEVEL = 6
+_NIFTI_SCANNER_CODE = 1
+
+
+def write_mask(volume: Volume, path: Path) -> None:
+    """Write ``volume`` as a uint8 NIfTI mask at ``path`` (``.nii.gz`` gzipped, ``.nii`` plain).
+
+    The write is atomic: the bytes go to a hidden temp file in the same folder
+    (``.<name>.tmp-<random>``), are fsync'ed, then renamed over ``path``; on any failure the
+    temp file is removed and ``path`` is left as it was. The parent folder is created if missing.
+
+    Raises:
+        ValueError: labels outside 0..255 (or not whole numbers), or a suffix other than
+            ``.nii``/``.nii.gz``.
+    """
+    path = Path(path)
+    compress = _compress_for(path)
+    image = _mask_image(volume)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    try:
+        # "xb": never follow or reuse an existing file of that name.
+        with open(tmp, "xb") as fh:
+            _write_image(image, fh, compress=compress)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    logger.debug("wrote mask %s %s", path, volume.shape)
+
+
+def mask_to_nifti_bytes(volume: Volume) -> bytes:
+    """The gzipped uint8 NIfTI of ``volume`` in memory, with the same header rules as ``write_mask``."""
+    buffer = io.BytesIO()
+    _write_image(_mask_image(volume), buffer, compress=True)
+    return buffer.getvalue()
+
+
+def _compress_for(path: Path) -> bool:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return True
+    if name.endswith(".nii"):
+        return False
+    raise ValueError(f"mask path must end in .nii.gz or .nii, got {path.name}")
+
+
+def _mask_labels(array: np.ndarray) -> np.ndarray:
+    """The labels as uint8, refusing values a uint8 cannot hold exactly."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"mask voxels must be numeric labels, got dtype {array.dtype}")
+    if array.size:
+        lo, hi = array.min(), array.max()
+        if lo < 0 or hi > 255:
+            raise ValueError(f"mask labels must fit in 0..255 (uint8), got values from {lo} to {hi}")
+        if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+            raise ValueError("mask labels must be whole numbers, got fractional values")
+    return array.astype(np.uint8)
+
+
+def _mask_image(volume: Volume) -> nib.Nifti1Image:
+    labels = _mask_labels(np.asarray(volume.array))
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(labels, affine, header=header)
+    image.set_sform(affine, code=_NIFTI_SCANNER_CODE)
+    image.set_qform(affine, code=_NIFTI_SCANNER_CODE)
+    image.header.set_xyzt_units(xyz="mm")
+    # No scaling: labels must read back verbatim.
+    image.header.set_slope_inter(np.nan, np.nan)
+    return image
+
+
+def _write_image(image: nib.Nifti1Image, fh: BinaryIO, *, compress: bool) -> None:
+    if not compress:
+        image.to_stream(fh)
+        return
+    # mtime=0: identical masks give identical bytes (reproducible outputs, stable checksums).
+    with gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:
+        image.to_stream(gz)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (best effort: not every platform lets a folder be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
