@@ -1,0 +1,355 @@
+"""Inference backends behind one small protocol.
+
+A predictor maps a batch of windows ``(B, 1, Rx, Ry, Rz)`` float32 on ``predictor.device`` to
+logits ``(B, C, Rx, Ry, Rz)`` (float16 or float32) on the same device. It knows nothing about
+sliding windows or stitching; the stitcher only calls it.
+
+Backends:
+- ``TorchScriptPredictor``: ``model.ts``; autocast float16/bfloat16 on CUDA.
+- ``OnnxPredictor``: ``model.onnx`` on ONNX Runtime; on CUDA the input and output stay on the
+  device through IO binding on torch tensors, and the ORT arena is capped.
+- ``FormulaPredictor``: a Python function, for tests and benchmarks without a model file.
+
+``load_predictor`` picks a backend for a model folder; nothing is loaded at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from service.errors import ModelArtifactError
+from service.manifest import ONNX_NAME, TORCHSCRIPT_NAME, ModelManifest
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
+Backend = Literal["auto", "torchscript", "onnx"]
+
+_AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_ORT_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+# Substrings of ONNX Runtime's messages when its CUDA arena cannot grant a buffer.
+_ORT_OOM_MARKERS = ("failed to allocate memory", "out of memory", "bfcarena")
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the stitcher needs from a backend."""
+
+    out_channels: int
+    device: torch.device
+    name: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Rx, Ry, Rz) float32 on ``device`` -> (B, C, Rx, Ry, Rz) logits on ``device``."""
+        ...
+
+
+def _check_batch(batch: torch.Tensor) -> None:
+    if batch.ndim != 5 or batch.shape[1] != 1:
+        raise ValueError(f"expected a (B, 1, X, Y, Z) batch, got shape {tuple(batch.shape)}")
+
+
+class FormulaPredictor:
+    """Wraps ``fn(batch (B,1,R,R,R)) -> (B,C,R,R,R)``; for tests (e.g. ``lambda x: x + 1``)."""
+
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        out_channels: int,
+        device: torch.device | str = "cpu",
+        *,
+        name: str = "formula",
+    ) -> None:
+        self.fn = fn
+        self.out_channels = int(out_channels)
+        self.device = torch.device(device)
+        self.name = name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        _check_batch(batch)
+        with torch.inference_mode():
+            out = self.fn(batch.to(self.device))
+        expected = (batch.shape[0], self.out_channels, *batch.shape[2:])
+        if tuple(out.shape) != expected:
+            raise ValueError(f"formula returned shape {tuple(out.shape)}, expected {expected}")
+        return out
+
+
+class TorchScriptPredictor:
+    """A TorchScript export (``model.ts``) run under ``inference_mode``.
+
+    float16/bfloat16 use autocast on CUDA (weights stay float32, matmuls/convs run in half).
+    On the CPU only bfloat16 autocast is used; float16 there falls back to float32 with a
+    warning, because CPU float16 kernels are slower than float32.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        device: torch.device | str,
+        out_channels: int,
+        precision: Precision = "float32",
+    ) -> None:
+        self.device = torch.device(device)
+        self.out_channels = int(out_channels)
+        self.precision = _effective_precision(resolve_precision(precision, self.device), self.device)
+        self.name = f"torchscript-{self.precision}"
+        try:
+            with warnings.catch_warnings():
+                # torch >= 2.10 flags TorchScript as deprecated; loading still works, and the
+                # warning would repeat in every service log without telling the operator anything.
+                warnings.filterwarnings(
+                    "ignore", message=".*torch.jit.load.* is deprecated", category=DeprecationWarning
+                )
+                self.module = torch.jit.load(str(path), map_location=self.device)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelArtifactError(f"cannot load TorchScript model {path}: {exc}") from None
+        self.module.eval()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        _check_batch(batch)
+        batch = batch.to(self.device, torch.float32)
+        autocast_dtype = _AUTOCAST_DTYPES.get(self.precision)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=autocast_dtype)
+            if autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            return self.module(batch)
+
+
+def _effective_precision(precision: str, device: torch.device) -> str:
+    if device.type != "cuda" and precision == "float16":
+        logger.warning("float16 requested on %s: running float32 (CPU float16 is slow)", device)
+        return "float32"
+    return precision
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """``auto`` -> float16 on CUDA, float32 elsewhere; other values pass through."""
+    if precision == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    if precision not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+    return precision
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelArtifactError(
+            f"the ONNX backend needs onnxruntime, which is not importable: {exc}"
+        ) from None
+    return onnxruntime
+
+
+class OnnxPredictor:
+    """An ONNX export (``model.onnx``) on ONNX Runtime.
+
+    CUDA: CUDAExecutionProvider with ``gpu_mem_limit`` (its arena never grows past it) and
+    ``kSameAsRequested`` (grow by exactly what is asked, not by doubling, so the cap is not
+    blown by one over-sized extension). Input and output are bound to torch CUDA tensors by
+    pointer, so windows never round-trip through the host. CPU: plain numpy in and out (zero copy
+    through ``torch.from_numpy``).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        device: torch.device | str,
+        gpu_mem_limit_mb: int | None = None,
+        threads: int = 0,
+        out_channels: int | None = None,
+    ) -> None:
+        ort = _import_onnxruntime()
+        device = torch.device(device)
+        if device.type == "cuda":
+            _require_cuda_provider(ort)
+            if device.index is None:
+                # Pin the index: ORT's device_id and the IO binding must name the same GPU.
+                device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
+        self.session = _make_session(ort, Path(path), self.device, gpu_mem_limit_mb, threads)
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        self.input_dtype = _ORT_TO_TORCH.get(inp.type, torch.float32)
+        self.output_dtype = _ORT_TO_TORCH.get(out.type)
+        if self.output_dtype is None:
+            raise ModelArtifactError(
+                f"{path}: unsupported output type {out.type} (expected float or float16)"
+            )
+        self.out_channels = _onnx_out_channels(out.shape, out_channels, path)
+        self.name = f"onnx-{'cuda' if self.device.type == 'cuda' else 'cpu'}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        _check_batch(batch)
+        batch = batch.to(self.device, self.input_dtype).contiguous()
+        if self.device.type == "cuda":
+            return self._run_cuda(batch)
+        result = self.session.run([self.output_name], {self.input_name: batch.numpy()})[0]
+        return torch.from_numpy(result)
+
+    def _run_cuda(self, batch: torch.Tensor) -> torch.Tensor:
+        index = self.device.index
+        out = torch.empty(
+            (batch.shape[0], self.out_channels, *batch.shape[2:]), dtype=self.output_dtype, device=self.device
+        )
+        binding = self.session.io_binding()
+        binding.bind_input(
+            self.input_name, "cuda", index, _numpy_dtype(batch.dtype), tuple(batch.shape), batch.data_ptr()
+        )
+        binding.bind_output(
+            self.output_name, "cuda", index, _numpy_dtype(out.dtype), tuple(out.shape), out.data_ptr()
+        )
+        # ORT runs on its own CUDA stream: the input written by torch must be complete first.
+        # Run() synchronises ORT's stream before returning, so ``out`` is ready afterwards.
+        torch.cuda.current_stream(self.device).synchronize()
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # ORT raises its own pybind exception types; only OOM is translated
+            if any(marker in str(exc).lower() for marker in _ORT_OOM_MARKERS):
+                # Let the stitcher's batch-halving treat ORT arena exhaustion like torch's OOM.
+                raise torch.cuda.OutOfMemoryError(f"ONNX Runtime CUDA allocation failed: {exc}") from exc
+            raise
+        return out
+
+
+def _numpy_dtype(dtype: torch.dtype) -> type:
+    return {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+
+
+def _onnx_out_channels(shape: list, requested: int | None, path: Path | str) -> int:
+    static = shape[1] if len(shape) == 5 and isinstance(shape[1], int) else None
+    if requested is not None and static is not None and static != requested:
+        raise ModelArtifactError(f"{path} outputs {static} channels, the manifest says {requested}")
+    channels = requested if requested is not None else static
+    if channels is None:
+        raise ModelArtifactError(f"{path} has a dynamic channel axis; pass out_channels explicitly")
+    return int(channels)
+
+
+def _require_cuda_provider(ort) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ModelArtifactError(
+            "ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu) - "
+            "use the TorchScript backend or the CPU device"
+        )
+
+
+def _make_session(ort, path: Path, device: torch.device, gpu_mem_limit_mb: int | None, threads: int):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = max(int(threads), 0)  # 0 = ORT's default (all physical cores)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        cuda_options = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
+        if gpu_mem_limit_mb:
+            cuda_options["gpu_mem_limit"] = int(gpu_mem_limit_mb) * 2**20
+        providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT's pybind exceptions share no useful base class
+        raise ModelArtifactError(f"cannot load ONNX model {path}: {exc}") from None
+    if device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        # ORT silently drops a provider whose libraries (CUDA/cuDNN) fail to load.
+        raise ModelArtifactError("ONNX Runtime could not initialise CUDA (check CUDA/cuDNN libraries)")
+    return session
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` (or ``cuda:N``) must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelArtifactError(
+                f"device {name!r} requested but CUDA is not available to torch here",
+                code="device_unavailable",
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelArtifactError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible",
+                code="device_unavailable",
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return device
+
+
+def _artifact_path(model_dir: Path, manifest: ModelManifest, fmt: str, default_name: str) -> Path:
+    for key, info in manifest.artifacts.items():
+        if key == fmt or info.format == fmt:
+            return model_dir / info.file
+    return model_dir / default_name
+
+
+def _choose_backend(backend: Backend, device: torch.device, ts_path: Path, onnx_path: Path) -> str:
+    if backend in ("torchscript", "onnx"):
+        path = ts_path if backend == "torchscript" else onnx_path
+        if not path.is_file():
+            raise ModelArtifactError(f"backend {backend!r} requested but {path} does not exist")
+        return backend
+    if backend != "auto":
+        raise ValueError(f"backend must be auto, torchscript or onnx, got {backend!r}")
+    # TorchScript is the fast path on CUDA (autocast); ONNX Runtime is faster on the CPU.
+    preferred = ("torchscript", "onnx") if device.type == "cuda" else ("onnx", "torchscript")
+    paths = {"torchscript": ts_path, "onnx": onnx_path}
+    for candidate in preferred:
+        if paths[candidate].is_file():
+            return candidate
+    raise ModelArtifactError(f"model folder {ts_path.parent} has neither {ts_path.name} nor {onnx_path.name}")
+
+
+def load_predictor(
+    model_dir: Path | str,
+    manifest: ModelManifest,
+    *,
+    backend: Backend = "auto",
+    device: torch.device,
+    precision: Precision = "auto",
+    gpu_mem_cap_mb: int | None = None,
+    threads: int = 0,
+) -> Predictor:
+    """Load the model in ``model_dir`` with the chosen backend.
+
+    ``auto`` = TorchScript on CUDA when ``model.ts`` exists, ONNX Runtime on the CPU when
+    ``model.onnx`` exists, else whichever exists. ``gpu_mem_cap_mb`` caps ONNX Runtime's CUDA
+    arena; ``threads`` (> 0) sets the intra-op threads of either backend. ONNX models run in the
+    precision they were exported in (``precision`` applies to TorchScript only).
+    """
+    model_dir = Path(model_dir)
+    ts_path = _artifact_path(model_dir, manifest, "torchscript", TORCHSCRIPT_NAME)
+    onnx_path = _artifact_path(model_dir, manifest, "onnx", ONNX_NAME)
+    chosen = _choose_backend(backend, device, ts_path, onnx_path)
+    logger.info("loading %s backend on %s from %s", chosen, device, model_dir)
+    if chosen == "onnx":
+        return OnnxPredictor(
+            onnx_path,
+            device=device,
+            gpu_mem_limit_mb=gpu_mem_cap_mb,
+            threads=threads,
+            out_channels=manifest.out_channels,
+        )
+    if threads > 0 and device.type == "cpu":
+        # torch's intra-op pool is process-wide; the caller asked for this many threads.
+        torch.set_num_threads(threads)
+    return TorchScriptPredictor(
+        ts_path, device=device, out_channels=manifest.out_channels, precision=precision
+    )
