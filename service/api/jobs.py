@@ -1,0 +1,233 @@
+"""Asynchronous jobs: a store with a TTL, one folder per job, and the worker task of each job.
+
+A job owns ``<work_dir>/jobs/<id>/``: the upload while it waits (``input.bin``, decoded only
+once the job holds the inference slot, so a queue of jobs costs disk, not memory), then
+``mask.nii.gz`` and ``preview.png``. The folder goes when the job is deleted, when its result
+expires (``job_ttl_s`` after it finished; a reaper task sweeps) and at shutdown, so no file
+outlives its job. Expired ids are remembered for a while so clients get 410 rather than 404.
+
+Each job runs as its own asyncio task holding a :class:`~service.api.gpu_guard.Ticket` taken at
+submission: the queue place is the guard's, shared with synchronous requests, so 429 means the
+same thing on both routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from service.api.cases import (
+    SegmenterLike,
+    decode_upload,
+    encode_mask,
+    render_preview_png,
+    run_blocking,
+    segment_case,
+)
+from service.api.errors import INTERNAL_ERROR_CODE, ConflictError, GoneError, NotFoundError
+from service.api.gpu_guard import Ticket
+from service.api.metrics import ServiceMetrics
+from service.api.schemas import JobStatus
+from service.api.uploads import Upload
+from service.errors import SwinxsegError
+from service.volume import Volume
+
+log = logging.getLogger(__name__)
+
+_REMEMBER_EXPIRED = 10_000  # ids answered with 410 after expiry; older ones fall back to 404
+MASK_NAME, PREVIEW_NAME, INPUT_NAME = "mask.nii.gz", "preview.png", "input.bin"
+
+
+def iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Job:
+    id: str
+    folder: Path
+    filename: str | None
+    media_type: str
+    want_preview: bool
+    created_at: float
+    status: JobStatus = "queued"
+    started_at: float | None = None
+    finished_at: float | None = None
+    metrics: dict | None = None
+    error: tuple[str, str] | None = None  # (code, detail)
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+    @property
+    def mask_path(self) -> Path:
+        return self.folder / MASK_NAME
+
+    @property
+    def preview_path(self) -> Path:
+        return self.folder / PREVIEW_NAME
+
+    @property
+    def input_path(self) -> Path:
+        return self.folder / INPUT_NAME
+
+
+@dataclass
+class JobContext:
+    """What the worker needs besides the job: injected so tests can swap any of it."""
+
+    segmenter: SegmenterLike
+    metrics: ServiceMetrics
+    max_voxels: int
+    work_dir: Path
+
+
+class JobStore:
+    """In-memory job table of one process (jobs do not survive a restart: results are temp files)."""
+
+    def __init__(self, root: Path, *, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def expires_at(self, job: Job) -> float | None:
+        return None if job.finished_at is None else job.finished_at + self.ttl_s
+
+    # ------------------------------------------------------------------ lifecycle
+    async def submit(
+        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
+    ) -> Job:
+        """Store the upload in the job's folder and start its worker task."""
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir()
+        job = Job(
+            id=job_id,
+            folder=folder,
+            filename=upload.filename,
+            media_type=upload.media_type,
+            want_preview=want_preview,
+            created_at=self.clock(),
+        )
+        try:
+            # A queued job waits as a file, not as bytes in memory (it is decoded in the slot).
+            await run_blocking(job.input_path.write_bytes, upload.data)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._jobs[job_id] = job
+        job.task = asyncio.create_task(self._run(job, ticket, context, overlap), name=f"job-{job_id}")
+        return job
+
+    def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            return job
+        if job_id in self._expired:
+            raise GoneError(f"job {job_id} expired; results are kept {int(self.ttl_s)} s after they finish")
+        raise NotFoundError(f"no job {job_id}")
+
+    def delete(self, job_id: str) -> None:
+        """Remove a queued or finished job and its files; a running one cannot be stopped (409)."""
+        job = self.get(job_id)
+        if job.status == "running":
+            raise ConflictError(f"job {job_id} is running; delete it once it is done")
+        if job.task is not None and not job.task.done():
+            job.task.cancel()  # queued: its ticket gives the queue place back
+        self._forget(job)
+
+    def reap(self) -> list[str]:
+        """Delete every finished job older than the TTL; returns their ids."""
+        now = self.clock()
+        expired = [job for job in self._jobs.values() if (end := self.expires_at(job)) is not None and end <= now]
+        for job in expired:
+            self._forget(job)
+            self._expired[job.id] = None
+            while len(self._expired) > _REMEMBER_EXPIRED:
+                self._expired.popitem(last=False)
+        if expired:
+            log.info("expired %d job(s)", len(expired))
+        return [job.id for job in expired]
+
+    async def reap_forever(self) -> None:
+        interval = max(0.5, min(60.0, self.ttl_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.reap()
+
+    async def close(self) -> None:
+        """Shutdown: cancel queued jobs, wait for a running one (its thread cannot be stopped)."""
+        tasks = [job.task for job in self._jobs.values() if job.task is not None and not job.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in list(self._jobs.values()):
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ worker
+    @staticmethod
+    def _load_input(job: Job, context: JobContext) -> Volume:
+        upload = Upload(data=job.input_path.read_bytes(), filename=job.filename, media_type=job.media_type)
+        volume = decode_upload(upload, max_voxels=context.max_voxels, work_dir=context.work_dir)
+        job.input_path.unlink(missing_ok=True)
+        return volume
+
+    async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
+        with ticket:
+            try:
+                outcome = await segment_case(
+                    partial(self._load_input, job, context),
+                    segmenter=context.segmenter,
+                    ticket=ticket,
+                    overlap=overlap,
+                    load_in_slot=True,
+                    on_running=lambda: self._start(job),
+                )
+                mask = await run_blocking(encode_mask, outcome)
+                await run_blocking(job.mask_path.write_bytes, mask)
+                if job.want_preview:
+                    await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
+                context.metrics.observe_case(
+                    outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds
+                )
+                job.metrics = outcome.metrics.to_dict()
+                self._finish(job, "done")
+            except asyncio.CancelledError:
+                raise
+            except SwinxsegError as exc:
+                self._fail(job, context, exc.code, exc.message)
+            except Exception:
+                log.exception("job %s failed unexpectedly", job.id)
+                self._fail(job, context, INTERNAL_ERROR_CODE, "internal error; the server log has the details")
+
+    def _fail(self, job: Job, context: JobContext, code: str, detail: str) -> None:
+        context.metrics.failures.labels(reason=code).inc()
+        job.error = (code, detail)
+        job.input_path.unlink(missing_ok=True)
+        self._finish(job, "failed")
+        log.warning("job %s failed: %s: %s", job.id, code, detail)
+
+    def _start(self, job: Job) -> None:
+        job.status, job.started_at = "running", self.clock()
+
+    def _finish(self, job: Job, status: JobStatus) -> None:
+        job.status = status
+        job.finished_at = self.clock()
+

@@ -1,0 +1,128 @@
+"""The jobs API: submit a CT (202), poll it, fetch the mask and preview, delete it (204)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.api.cases import receive_case
+from service.api.deps import JobsDep, RuntimeDep, SegmenterDep, require_api_key
+from service.api.errors import ConflictError, NotFoundError
+from service.api.jobs import Job, JobContext, JobStore, iso
+from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
+from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobView
+from service.api.uploads import case_name_of
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
+
+JobId = Annotated[str, Path(max_length=64, description="the id returned by POST /v1/jobs")]
+_JOB_ERRORS: dict[int | str, dict] = {status: ERROR_RESPONSES[status] for status in (401, 503)} | {
+    404: {"model": ErrorBody, "description": "no such job"},
+    409: {"model": ErrorBody, "description": "the job is not done (or is running, for DELETE)"},
+    410: {"model": ErrorBody, "description": "the job's results expired"},
+}
+
+
+def job_view(job: Job, store: JobStore, request: Request) -> JobView:
+    def link(name: str) -> str:
+        return request.app.url_path_for(name, job_id=job.id)
+
+    return JobView(
+        id=job.id,
+        status=job.status,
+        filename=job.filename,
+        created_at=iso(job.created_at) or "",
+        started_at=iso(job.started_at),
+        finished_at=iso(job.finished_at),
+        expires_at=iso(store.expires_at(job)),
+        metrics=job.metrics,
+        error=JobError(error=job.error[0], detail=job.error[1]) if job.error else None,
+        links=JobLinks(self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview")),
+    )
+
+
+def _done(job: Job) -> Job:
+    if job.status == "failed" and job.error is not None:
+        raise ConflictError(f"job {job.id} failed ({job.error[0]}): {job.error[1]}")
+    if job.status != "done":
+        raise ConflictError(f"job {job.id} is {job.status}; poll GET /v1/jobs/{job.id} until it is done")
+    return job
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a CT for segmentation in the background",
+    response_model=JobView,
+    openapi_extra=UPLOAD_BODY,
+    responses={**ERROR_RESPONSES},
+)
+async def submit_job(
+    request: Request,
+    runtime: RuntimeDep,
+    segmenter: SegmenterDep,
+    overlap: OverlapQuery = None,
+    preview: Annotated[bool, Query(description="also render preview.png when done")] = True,
+    filename: FilenameQuery = None,
+    x_filename: FilenameHeader = None,
+) -> JSONResponse:
+    """Same input as ``POST /v1/segment``. Answers at once with the job's id and links; the job
+    holds a queue place (429 when the queue is full) until it has run."""
+    ticket, upload = await receive_case(
+        request, guard=runtime.guard, settings=runtime.settings, filename=filename or x_filename
+    )
+    context = JobContext(
+        segmenter=segmenter,
+        metrics=runtime.metrics,
+        max_voxels=runtime.settings.max_input_voxels,
+        work_dir=runtime.work_dir,
+    )
+    try:
+        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview)
+    except BaseException:
+        ticket.close()  # the job task never started, so the queue place is still ours
+        raise
+    view = job_view(job, runtime.jobs, request)
+    return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": view.links.self})
+
+
+@router.get("/{job_id}", name="get_job", response_model=JobView, responses=_JOB_ERRORS)
+async def get_job(job_id: JobId, jobs: JobsDep, request: Request) -> JobView:
+    return job_view(jobs.get(job_id), jobs, request)
+
+
+@router.get(
+    "/{job_id}/mask",
+    name="get_job_mask",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the mask .nii.gz"}, **_JOB_ERRORS},
+)
+async def get_job_mask(job_id: JobId, jobs: JobsDep) -> FileResponse:
+    job = _done(jobs.get(job_id))
+    return FileResponse(
+        job.mask_path, media_type="application/gzip", filename=f"{case_name_of(job.filename)}_mask.nii.gz"
+    )
+
+
+@router.get(
+    "/{job_id}/preview.png",
+    name="get_job_preview",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}, "description": "the preview PNG"}, **_JOB_ERRORS},
+)
+async def get_job_preview(job_id: JobId, jobs: JobsDep) -> FileResponse:
+    job = _done(jobs.get(job_id))
+    if not job.want_preview:
+        raise NotFoundError(f"job {job.id} was submitted with preview=false")
+    return FileResponse(
+        job.preview_path, media_type="image/png", filename=f"{case_name_of(job.filename)}_preview.png"
+    )
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=_JOB_ERRORS)
+async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
+    """Delete a queued or finished job and its files (a running job answers 409)."""
+    jobs.delete(job_id)
+    return Response(status_code=204)

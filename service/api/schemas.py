@@ -1,0 +1,79 @@
+"""Response bodies, declared so that ``/openapi.json`` documents them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+JobStatus = Literal["queued", "running", "done", "failed"]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="stable machine-readable reason, e.g. invalid_input, queue_full")
+    detail: str = Field(description="what went wrong, for people")
+    request_id: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "warming_up", "failed"]
+    detail: str = ""
+
+
+class ModelInfo(BaseModel):
+    name: str
+    preset: str
+    labels: dict[int, str]
+    roi_size: list[int]
+    target_spacing_mm: list[float]
+    hu_window: list[float]
+    out_channels: int
+    backend: str
+    device: str
+    gpu_mem_cap_mb: int
+    default_overlap: float
+    versions: dict[str, str] = Field(description="exporter versions from the manifest, plus this service's")
+    exported_at: str = ""
+
+
+class JobError(BaseModel):
+    error: str
+    detail: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    mask: str
+    preview: str
+
+
+class JobView(BaseModel):
+    id: str
+    status: JobStatus
+    filename: str | None = None
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    expires_at: str | None = Field(None, description="when a finished job's results are deleted")
+    metrics: dict | None = Field(None, description="CaseMetrics of a done job")
+    error: JobError | None = None
+    links: JobLinks
+
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "malformed request (empty body, bad multipart)",
+        401: "API key missing or wrong (when one is configured)",
+        413: "upload or volume larger than the configured limits",
+        415: "unsupported media type or file format",
+        422: "the CT is not usable, or a parameter is invalid",
+        429: "the wait queue is full; see Retry-After",
+        500: "unexpected error (details in the server log under the request id)",
+        503: "the model is not loaded or warmed up yet",
+    }.items()
+}

@@ -1,0 +1,88 @@
+"""``swinxseg serve``: run the HTTP service with uvicorn (one worker: one model, one GPU cap).
+
+Settings come from ``SWINXSEG_*`` environment variables; the flags here override them. Prefer
+``SWINXSEG_API_KEY`` over ``--api-key`` (flags show up in ``ps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.errors import SwinxsegError
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# flag dest -> Settings field
+_FLAG_FIELDS = {
+    "host": "host",
+    "port": "port",
+    "model": "model_dir",
+    "device": "device",
+    "backend": "backend",
+    "api_key": "api_key",
+    "gpu_mem_cap_mb": "gpu_mem_cap_mb",
+    "queue_size": "queue_size",
+    "log_json": "log_json",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in the container)")
+    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
+    parser.add_argument("--model", type=Path, help="exported model folder (default: the demo weights)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--backend", choices=["auto", "torchscript", "onnx"])
+    parser.add_argument("--api-key", help="require this key (X-API-Key or Bearer); prefer SWINXSEG_API_KEY")
+    parser.add_argument("--gpu-mem-cap-mb", type=int, help="hard GPU memory cap in MB (default 4096)")
+    parser.add_argument("--queue-size", type=int, help="requests that may wait for the model before 429")
+    parser.add_argument(
+        "--log-json", action=argparse.BooleanOptionalAction, default=None, help="one JSON object per log line"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Environment first, flags on top (pydantic-settings gives init arguments priority)."""
+    overrides = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items() if getattr(args, flag, None) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SwinxsegError(f"invalid settings: {exc}", code="invalid_settings") from None
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    # The top-level `swinxseg --log-level` defaults to INFO; only an explicit other value beats the env.
+    flag = getattr(args, "log_level", None)
+    return flag if flag and flag.upper() != "INFO" else settings.log_level
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.app import build_segmenter, create_app
+    from service.api.logging import configure_logging
+
+    settings = settings_from_args(args)
+    configure_logging(level=_log_level(args, settings), json_lines=settings.log_json)
+    # Load the model before the server starts: a bad model folder is then one clear error line
+    # and exit code 3 from `swinxseg`, not a lifespan traceback. Warm-up still runs in the lifespan.
+    app = create_app(settings, segmenter=build_segmenter(settings))
+    log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            workers=1,  # the GPU cap and the one-inference guard are per process
+            log_config=None,  # keep our handlers (JSON lines) instead of uvicorn's dictConfig
+            access_log=False,  # our middleware writes the access line, with the request id
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model load) fails
+        return int(exc.code or 0)
+    return 0

