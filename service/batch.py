@@ -1,0 +1,209 @@
+"""Batch mode: every case of a folder through one loaded model, with a per-case report.
+
+FLARE naming (``CASE_0000.nii.gz`` -> ``CASE.nii.gz``) and plain names (``x.nrrd`` -> ``x.nii.gz``);
+DICOM series folders and zips are cases too. A bad case is reported and the batch goes on.
+Masks are written atomically, and the report is rewritten after every case so that an
+interrupted batch still leaves an accurate one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from service.errors import InvalidInputError, SwinxsegError
+from service.io.readers import case_name_for, find_cases, read_volume
+from service.io.writers import write_mask
+from service.memory import peak_rss_mb
+from service.metrics_types import CaseMetrics
+from service.segmenter import Segmenter
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON = "report.json"
+REPORT_CSV = "report.csv"
+CSV_COLUMNS = (
+    "case", "status", "error", "input", "output", "input_shape", "input_spacing_mm", "model_grid_shape",
+    "windows_run", "windows_skipped", "load_s", "preprocess_s", "infer_s", "postprocess_s", "write_s",
+    "total_s", "peak_gpu_mb_torch_allocated", "peak_gpu_mb_torch_reserved", "peak_gpu_mb_nvml",
+    "peak_rss_mb", "device", "backend", "fallbacks",
+)
+
+
+@dataclass
+class CaseReport:
+    case: str
+    input: str
+    output: str
+    status: str = "pending"  # ok | failed | skipped
+    error: str = ""
+    error_code: str = ""
+    metrics: CaseMetrics = field(default_factory=CaseMetrics)
+
+    def csv_row(self) -> dict:
+        m = self.metrics
+        seconds = m.seconds
+        return {
+            "case": self.case, "status": self.status, "error": self.error, "input": self.input,
+            "output": self.output, "input_shape": "x".join(map(str, m.input_shape)),
+            "input_spacing_mm": "x".join(f"{s:g}" for s in m.input_spacing_mm),
+            "model_grid_shape": "x".join(map(str, m.model_grid_shape)),
+            "windows_run": m.windows_run, "windows_skipped": m.windows_skipped,
+            **{f"{stage}_s": seconds.get(stage, "") for stage in ("load", "preprocess", "infer", "postprocess", "write")},
+            "total_s": m.total_seconds,
+            "peak_gpu_mb_torch_allocated": _blank(m.peak_gpu_mb_torch_allocated),
+            "peak_gpu_mb_torch_reserved": _blank(m.peak_gpu_mb_torch_reserved),
+            "peak_gpu_mb_nvml": _blank(m.peak_gpu_mb_nvml),
+            "peak_rss_mb": m.peak_rss_mb, "device": m.device, "backend": m.backend,
+            "fallbacks": "; ".join(m.fallbacks),
+        }
+
+
+def _blank(value):
+    return "" if value is None else value
+
+
+@dataclass
+class BatchReport:
+    input_dir: str
+    output_dir: str
+    model: str
+    cases: list[CaseReport] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[CaseReport]:
+        return [c for c in self.cases if c.status == "failed"]
+
+    def to_dict(self) -> dict:
+        counts = {s: sum(c.status == s for c in self.cases) for s in ("ok", "failed", "skipped")}
+        return {
+            "input_dir": self.input_dir, "output_dir": self.output_dir, "model": self.model,
+            "total_seconds": round(self.total_seconds, 3), "counts": counts,
+            "cases": [asdict(c) for c in self.cases],
+        }
+
+
+def output_path_for(case: Path, output_dir: Path) -> Path:
+    return output_dir / f"{case_name_for(case)}.nii.gz"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: BatchReport, output_dir: Path) -> None:
+    _atomic_write_text(output_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for case in report.cases:
+        writer.writerow(case.csv_row())
+    _atomic_write_text(output_dir / REPORT_CSV, buffer.getvalue())
+
+
+def run_batch(
+    input_dir: Path,
+    output_dir: Path,
+    settings: Settings,
+    *,
+    segmenter: Segmenter | None = None,
+    skip_existing: bool = False,
+    preview: bool = False,
+    overlap: float | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> BatchReport:
+    """Segment every case in ``input_dir`` into ``output_dir``; never raises for a bad case."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise InvalidInputError(f"input folder {input_dir} does not exist or is not a folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cases = find_cases(input_dir)
+    if segmenter is None:
+        segmenter = Segmenter(settings)  # the model is loaded once for the whole batch
+    report = BatchReport(str(input_dir), str(output_dir), segmenter.manifest.name)
+    log.info("batch: %d case(s) in %s with model %s on %s", len(cases), input_dir, report.model, segmenter.device)
+    claimed: set[str] = set()
+    iterator = progress(cases) if progress else cases
+    for case_path in iterator:
+        case = _run_case(case_path, output_dir, segmenter, settings, claimed,
+                         skip_existing=skip_existing, preview=preview, overlap=overlap)
+        report.cases.append(case)
+        report.total_seconds = time.perf_counter() - started
+        write_report(report, output_dir)
+    report.total_seconds = time.perf_counter() - started
+    write_report(report, output_dir)
+    return report
+
+
+def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings: Settings,
+              claimed: set[str], *, skip_existing: bool, preview: bool, overlap: float | None) -> CaseReport:
+    out_path = output_path_for(case_path, output_dir)
+    case = CaseReport(case=case_name_for(case_path), input=str(case_path), output=str(out_path))
+    case_start = time.perf_counter()
+    if out_path.name in claimed:
+        return _fail(case, SwinxsegError(
+            f"another input already produces {out_path.name}; rename one of them", code="duplicate_case_name"))
+    claimed.add(out_path.name)
+    if skip_existing and out_path.exists():
+        case.status = "skipped"
+        log.info("case %s: skipped (output exists)", case.case)
+        return case
+    try:
+        load_start = time.perf_counter()
+        volume = read_volume(case_path, max_voxels=settings.max_input_voxels)
+        load_s = time.perf_counter() - load_start
+        result = segmenter.segment(volume, overlap=overlap)
+        case.metrics = result.metrics
+        case.metrics.seconds["load"] = round(load_s, 4)
+        write_start = time.perf_counter()
+        write_mask(result.mask, out_path)
+        if preview:
+            from service.preview import render_preview  # matplotlib only when asked for
+
+            render_preview(volume, result.mask, output_dir / f"{case.case}_preview.png", title=case.case)
+        case.metrics.seconds["write"] = round(time.perf_counter() - write_start, 4)
+        case.metrics.total_seconds = round(time.perf_counter() - case_start, 4)
+        case.metrics.peak_rss_mb = round(peak_rss_mb(), 1)
+        case.status = "ok"
+        m = case.metrics
+        log.info(
+            "case %s: ok %s -> %s in %.2f s (windows %d run, %d skipped; peak GPU %s MB; RSS %.0f MB)",
+            case.case, "x".join(map(str, m.input_shape)), out_path.name, m.total_seconds,
+            m.windows_run, m.windows_skipped, m.peak_gpu_mb_nvml or m.peak_gpu_mb_torch_reserved or "n/a",
+            m.peak_rss_mb,
+        )
+    except SwinxsegError as exc:
+        _fail(case, exc)
+    except MemoryError:
+        _fail(case, SwinxsegError("out of host memory while processing this case", code="host_out_of_memory"))
+    except Exception as exc:  # a bug must not stop the other cases; the log keeps the traceback
+        log.exception("case %s: unexpected error", case.case)
+        _fail(case, SwinxsegError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
+    case.metrics.total_seconds = round(time.perf_counter() - case_start, 4)
+    return case
+
+
+def _fail(case: CaseReport, exc: SwinxsegError) -> CaseReport:
+    case.status = "failed"
+    case.error = exc.message
+    case.error_code = exc.code
+    log.error("case %s: failed: %s", case.case, exc.message)
+    return case
