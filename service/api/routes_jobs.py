@@ -22,6 +22,8 @@ _JOB_ERRORS: dict[int | str, dict] = {status: ERROR_RESPONSES[status] for status
     404: {"model": ErrorBody, "description": "no such job"},
     409: {"model": ErrorBody, "description": "the job is not done (or is running, for DELETE)"},
     410: {"model": ErrorBody, "description": "the job's results expired"},
+    # Our error shape, not FastAPI's default HTTPValidationError (which these routes never send).
+    422: {"model": ErrorBody, "description": "the job id is invalid (longer than 64 characters)"},
 }
 
 
