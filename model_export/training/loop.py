@@ -1,0 +1,382 @@
+"""The fine-tuning loop: Dice + cross-entropy, AdamW, linear warm-up then cosine, exact resumption.
+
+The recipe is the paper's fine-tuning recipe (Dice + CE, AdamW lr 2e-4, weight decay 1e-5,
+warm-up then cosine, patches with positive/negative sampling) scaled to the patch size, batch
+and step budget given. The run is a pure function of its config, its data and its seed: a
+checkpoint holds every piece of state that step ``n + 1`` depends on, so ``--resume`` continues
+with the same patches, the same learning rates and the same losses as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_export.training.checkpointing import (
+    BEST_NAME,
+    LAST_NAME,
+    atomic_save,
+    restore_rng,
+    training_state,
+)
+from model_export.training.data import PreparedCase, PreprocessParams
+from model_export.training.evaluate import evaluate_cases, mean_dice
+from model_export.training.sampling import AugmentConfig, PatchSampler
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (saved in every checkpoint as ``config``).
+
+    Sizes in voxels of the model grid (1 mm by default); ``steps`` counts optimizer steps.
+    ``data`` describes the data source so ``--resume DIR`` alone can rebuild it.
+    """
+
+    preset: str = "tiny"
+    out_channels: int = 15
+    patch_size: int = 96
+    batch_size: int = 2
+    steps: int = 1000
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    positive: int = 2
+    negative: int = 1
+    flip_axes: tuple[int, ...] = ()
+    intensity_prob: float = 0.5
+    val_interval: int = 250
+    val_overlap: float = 0.25
+    checkpoint_interval: int = 100
+    log_interval: int = 10
+    seed: int = 0
+    threads: int = 0
+    init: str | None = None
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    data: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.patch_size % 32:
+            raise ValueError(
+                f"patch_size must be a multiple of 32 (Swin-X Seg downsamples by 32), got {self.patch_size}"
+            )
+        for name in ("batch_size", "steps", "val_interval", "checkpoint_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0 or self.lr <= 0:
+            raise ValueError(
+                f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, "
+                f"{self.warmup_steps}, {self.min_lr_ratio}"
+            )
+        object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able types (tuples become lists), as stored in checkpoints."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("preprocess"), dict):
+            params = values["preprocess"]
+            values["preprocess"] = PreprocessParams(
+                target_spacing=tuple(params["target_spacing"]),
+                hu_window=tuple(params["hu_window"]),
+                body_threshold_hu=params["body_threshold_hu"],
+                body_margin_mm=params["body_margin_mm"],
+            )
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """What a run left behind: the step reached, its history, and where its checkpoints are."""
+
+    step: int
+    history: list[dict]
+    last: Path
+    best: Path | None
+    best_mean_dice: float
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier for the ``step``-th optimizer step (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then a
+    half cosine from 1 down to ``min_ratio`` at ``total_steps``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_model(config: TrainConfig, *, load_init: bool = True) -> torch.nn.Module:
+    """The network (seeded by the caller), initialised from ``config.init`` weights if given.
+
+    ``config.init`` is any checkpoint ``model_export.checkpoint.load_checkpoint`` reads (the
+    published ``{"state_dict": ...}`` format, a bare state_dict, ``module.``-prefixed keys).
+    """
+    from model_export.config import preset
+    from model_export.network import SwinXSeg
+
+    model = SwinXSeg(preset(config.preset, out_channels=config.out_channels))
+    if config.init and load_init:
+        from model_export.checkpoint import load_checkpoint, load_into
+
+        load_into(model, load_checkpoint(Path(config.init)))
+        log.info("initialised from %s", config.init)
+    return model
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class _JsonlLog:
+    """Append-only JSONL log of the run; on resume it is rewritten from the checkpoint's history,
+    so lines written after the last checkpoint (and redone now) never appear twice."""
+
+    def __init__(self, path: Path, history: Sequence[dict]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            for record in history:
+                handle.write(json.dumps(record) + "\n")
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    """Owns one run's model, optimizer, schedule, sampler and history.
+
+    Args:
+        config: the run's ``TrainConfig``.
+        train_cases, val_cases: prepared cases (``data.load_cases``); validation may be empty,
+            in which case ``best.pt`` is not written.
+        out_dir: where ``last.pt``, ``best.pt`` and ``log.jsonl`` go.
+        resume_state: a loaded training checkpoint to continue from.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_cases: Sequence[PreparedCase],
+        val_cases: Sequence[PreparedCase],
+        out_dir: str | Path,
+        *,
+        resume_state: dict | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.val_cases = list(val_cases)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        _seed_everything(config.seed)
+        # A resumed run takes its weights from the checkpoint; the --init file may be gone by now.
+        self.model = build_model(config, load_init=resume_state is None)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.sampler = PatchSampler(
+            [c.image for c in train_cases],
+            [c.labels for c in train_cases],
+            patch_size=config.patch_size,
+            positive=config.positive,
+            negative=config.negative,
+            seed=config.seed,
+            augment=AugmentConfig(flip_axes=config.flip_axes, intensity_prob=config.intensity_prob),
+        )
+        self.loss_fn = _dice_ce_loss()
+        self.step = 0
+        self.history: list[dict] = []
+        self.best = {"step": 0, "mean_dice": float("-inf")}
+        if resume_state is not None:
+            self._load(resume_state)
+        self.log = _JsonlLog(self.out_dir / LOG_NAME, self.history)
+
+    def _lr_lambda(self, step: int) -> float:
+        c = self.config
+        return lr_factor(step, warmup_steps=c.warmup_steps, total_steps=c.steps, min_ratio=c.min_lr_ratio)
+
+    def _load(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(restore_rng(state["rng"]))
+        self.step = int(state["step"])
+        self.history = list(state.get("history", []))
+        self.best = dict(state.get("best") or self.best)
+
+    # ------------------------------------------------------------------ running
+    def run(self, *, until: int | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Train to ``config.steps``, checkpointing on the way.
+
+        ``until`` pauses earlier, at that step, without touching the schedule (which always runs
+        to ``config.steps``); ``should_stop()`` is polled after every step. Both save ``last.pt``.
+        """
+        c = self.config
+        end = c.steps if until is None else min(int(until), c.steps)
+        recent: list[float] = []
+        interval_start = time.perf_counter()
+        log.info(
+            "training from step %d to %d of %d (patch %d, batch %d)",
+            self.step,
+            end,
+            c.steps,
+            c.patch_size,
+            c.batch_size,
+        )
+        while self.step < end:
+            record = self.train_step()
+            recent.append(record["loss"])
+            if self.step % c.log_interval == 0:
+                elapsed = time.perf_counter() - interval_start
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e %.2f s/step",
+                    self.step,
+                    c.steps,
+                    float(np.mean(recent)),
+                    record["lr"],
+                    elapsed / len(recent),
+                )
+                recent, interval_start = [], time.perf_counter()
+            finished = self.step == c.steps
+            if self.val_cases and (self.step % c.val_interval == 0 or finished):
+                self.validate()
+            if self.step % c.checkpoint_interval == 0 or finished:
+                self.save(self.out_dir / LAST_NAME)
+            if not finished and (self.step == end or (should_stop is not None and should_stop())):
+                log.warning("pausing at step %d of %d: saving %s", self.step, c.steps, LAST_NAME)
+                self.save(self.out_dir / LAST_NAME)
+                break
+        best_path = self.out_dir / BEST_NAME
+        return TrainResult(
+            step=self.step,
+            history=self.history,
+            last=self.out_dir / LAST_NAME,
+            best=best_path if best_path.is_file() else None,
+            best_mean_dice=float(self.best["mean_dice"]),
+        )
+
+    def train_step(self) -> dict:
+        """One optimizer step on one sampled batch; returns (and logs) its record."""
+        started = time.perf_counter()
+        images, labels = self.sampler.next_batch(self.config.batch_size)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(images), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.step + 1}; lower --lr or check the labels"
+            )
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        record = {
+            "step": self.step,
+            "loss": float(loss.item()),
+            "lr": lr,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+        self._record(record)
+        return record
+
+    def validate(self) -> dict:
+        """Whole-case sliding-window Dice per label on the validation cases; keeps ``best.pt``."""
+        from service.labels import FLARE23_LABELS
+
+        started = time.perf_counter()
+        scores, _ = evaluate_cases(
+            self.model,
+            self.val_cases,
+            roi=[self.config.patch_size] * 3,
+            num_classes=self.config.out_channels,
+            overlap=self.config.val_overlap,
+        )
+        mean = mean_dice(scores)
+        named = {
+            FLARE23_LABELS.get(k, f"label_{k}"): (None if math.isnan(v) else round(v, 4))
+            for k, v in scores.items()
+        }
+        record = {
+            "step": self.step,
+            "val_mean_dice": None if math.isnan(mean) else round(mean, 4),
+            "val_dice": named,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        self._record(record)
+        log.info(
+            "validation at step %d: mean Dice %.3f (%s) in %.0f s",
+            self.step,
+            mean,
+            ", ".join(f"{k} {v:.2f}" for k, v in named.items() if v is not None),
+            record["seconds"],
+        )
+        if not math.isnan(mean) and mean > self.best["mean_dice"]:
+            self.best = {"step": self.step, "mean_dice": mean}
+            self.save(self.out_dir / BEST_NAME)
+        return record
+
+    def _record(self, record: dict) -> None:
+        self.history.append(record)
+        self.log.write(record)
+
+    def save(self, path: Path) -> Path:
+        state = training_state(
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.step,
+            sampler_state=self.sampler.state_dict(),
+            config=self.config.to_dict(),
+            history=self.history,
+            best=self.best,
+        )
+        atomic_save(state, path)
+        log.info("saved %s (step %d)", path, self.step)
+        return path
+
+
+def _dice_ce_loss() -> torch.nn.Module:
+    from monai.losses import DiceCELoss  # heavy import, only when training
+
+    # Softmax over the classes, integer labels one-hot encoded; Dice and CE weighted equally.
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def train(
+    config: TrainConfig,
+    train_cases: Sequence[PreparedCase],
+    val_cases: Sequence[PreparedCase],
+    out_dir: str | Path,
+    *,
+    resume_state: dict | None = None,
+    until: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Run (or continue) a training run; see ``Trainer`` and ``Trainer.run``."""
+    trainer = Trainer(config, train_cases, val_cases, out_dir, resume_state=resume_state)
+    return trainer.run(until=until, should_stop=should_stop)

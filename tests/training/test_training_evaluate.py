@@ -1,0 +1,74 @@
+"""Per-label Dice and the demo model card's table and reproduce command."""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+import numpy as np
+import pytest
+import torch
+
+from model_export.training.evaluate import dice_per_label, mean_dice, mean_over_cases, predict_case
+from model_export.training.make_demo_weights import command_for, dice_table
+
+
+def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
+    truth = np.zeros((4, 4, 4), dtype=np.uint8)
+    truth[:2] = 1
+    truth[3, 3, 3] = 2
+    prediction = truth.copy()
+    prediction[0] = 0  # half of label 1 missed
+    scores = dice_per_label(prediction, truth, num_classes=4)
+    assert scores[1] == pytest.approx(2 * 16 / (16 + 32))
+    assert scores[2] == 1.0
+    assert math.isnan(scores[3])
+    assert mean_dice(scores) == pytest.approx((scores[1] + 1.0) / 2)
+    assert mean_over_cases([scores, {1: 1.0, 2: float("nan"), 3: float("nan")}])[1] == pytest.approx(
+        (scores[1] + 1.0) / 2
+    )
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_label(prediction[:2], truth, num_classes=4)
+
+
+def test_predict_case_restores_the_training_mode():
+    model = torch.nn.Conv3d(1, 3, 1)
+    model.train()
+    labels = predict_case(model, torch.rand(20, 18, 16), roi=(16, 16, 16))
+    assert labels.shape == (20, 18, 16) and labels.dtype == torch.uint8
+    assert model.training
+
+
+def test_model_card_command_reproduces_the_run_config():
+    from model_export.training.loop import TrainConfig
+
+    config = TrainConfig(
+        patch_size=64,
+        steps=1500,
+        lr=4e-4,
+        threads=1,
+        data={
+            "kind": "phantoms",
+            "count": 32,
+            "seed_start": 1000,
+            "val_count": 4,
+            "val_seed_start": 5000,
+            "varied": True,
+        },
+    ).to_dict()
+    import argparse
+
+    from model_export.train_cli import add_arguments, resolve_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(shlex.split(command_for(config))[2:])
+    assert resolve_config(args, None) == TrainConfig.from_dict(config)
+
+
+def test_dice_table_has_a_row_per_label_and_the_organ_mean():
+    results = {"RAS": ({1: 0.9, 2: 0.5, 14: float("nan")}, []), "LPS": ({1: 0.8, 2: 0.7}, [])}
+    table = dice_table(results)
+    assert "| 1 liver | 0.900 | 0.800 |" in table
+    assert "| 14 tumor | - | - |" in table
+    assert "**0.700**" in table and "**0.750**" in table

@@ -1,0 +1,156 @@
+"""The training loop: a short CPU run, exact resumption, the schedule, --init, validation."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from model_export.training.checkpointing import load_training_state
+from model_export.training.data import PreparedCase, PreprocessParams, load_cases
+from model_export.training.loop import TrainConfig, Trainer, build_model, lr_factor, train
+
+PATCH = 32
+PARAMS = PreprocessParams()
+
+
+@pytest.fixture(scope="module")
+def cases(make_ct):
+    """Three small prepared cases (two to train on, one to validate) on the 1 mm model grid."""
+
+    class _Source:
+        def __init__(self, name, **kw):
+            self.name, self.kw = name, kw
+
+        def load(self):
+            return make_ct(**self.kw)
+
+    sources = [_Source("a", seed=0), _Source("b", axcodes="LPS", seed=1), _Source("v", axcodes="LAS", seed=2)]
+    return load_cases(sources, PARAMS)
+
+
+def _config(**overrides) -> TrainConfig:
+    values = dict(
+        preset="tiny",
+        out_channels=15,
+        patch_size=PATCH,
+        batch_size=2,
+        steps=20,
+        warmup_steps=4,
+        val_interval=1000,
+        checkpoint_interval=10,
+        log_interval=5,
+        seed=3,
+        preprocess=PARAMS,
+        data={"kind": "test"},
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _losses(history):
+    return [r["loss"] for r in history if "loss" in r]
+
+
+@pytest.mark.slow
+def test_short_cpu_run_trains_and_writes_a_published_format_checkpoint(tmp_path, cases):
+    started = time.perf_counter()
+    result = train(_config(), cases[:2], [], tmp_path)
+    elapsed = time.perf_counter() - started
+    losses = _losses(result.history)
+    assert result.step == 20 and len(losses) == 20
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) < sum(losses[:5])  # it learns something even in 20 steps
+    assert elapsed < 60, f"20 steps took {elapsed:.0f} s"
+    # The JSONL log holds one line per step.
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 21))
+    assert {"loss", "lr", "seconds"} <= set(lines[0])
+    # last.pt is the published format: the network loads its "state_dict" as is.
+    state = torch.load(result.last, weights_only=True)
+    assert state["step"] == 20 and state["config"]["patch_size"] == PATCH
+    build_model(_config()).load_state_dict(state["state_dict"])
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, cases):
+    straight = train(_config(), cases[:2], [], tmp_path / "straight")
+
+    # Same config (the schedule runs to step 20), paused after 10 steps.
+    first = train(_config(), cases[:2], [], tmp_path / "split", until=10)
+    assert first.step == 10
+    # Disturb every global generator: resumption must not depend on them being untouched.
+    torch.manual_seed(12345)
+    state = load_training_state(tmp_path / "split")
+    resumed = train(_config(), cases[:2], [], tmp_path / "split", resume_state=state)
+
+    assert resumed.step == 20
+    assert _losses(resumed.history) == pytest.approx(_losses(straight.history), abs=1e-6)
+    a = torch.load(straight.last, weights_only=True)["state_dict"]
+    b = torch.load(resumed.last, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    log_steps = [
+        json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    ]
+    assert log_steps == list(range(1, 21))
+
+
+def test_stop_request_saves_and_resume_picks_up(tmp_path, cases):
+    calls = {"n": 0}
+
+    def stop_after_three():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    result = Trainer(_config(steps=6), cases[:2], [], tmp_path).run(should_stop=stop_after_three)
+    assert result.step == 3
+    assert load_training_state(tmp_path)["step"] == 3
+
+
+def test_validation_reports_dice_per_label_and_keeps_best(tmp_path, cases):
+    result = train(_config(steps=2, val_interval=2), cases[:2], cases[2:], tmp_path)
+    validations = [r for r in result.history if "val_dice" in r]
+    assert len(validations) == 1 and validations[0]["step"] == 2
+    assert set(validations[0]["val_dice"]) >= {"liver", "right_kidney", "left_kidney", "right_adrenal_gland"}
+    assert (tmp_path / "best.pt").is_file()
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["best"]["step"] == 2
+
+
+def test_init_loads_published_format_weights(tmp_path):
+    from model_export.network import seeded_init
+
+    source = seeded_init(build_model(_config()), seed=7)
+    path = tmp_path / "published.pt"
+    # As the authors saved them: {"state_dict": ...}, data-parallel "module." prefix included.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    model = build_model(_config(init=str(path)))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine():
+    factors = [lr_factor(s, warmup_steps=10, total_steps=110, min_ratio=0.1) for s in range(110)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[60] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(b <= a for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert factors[-1] > 0.1 and lr_factor(
+        110, warmup_steps=10, total_steps=110, min_ratio=0.1
+    ) == pytest.approx(0.1)
+
+
+def test_config_round_trips_through_a_checkpoint_dict():
+    config = _config(flip_axes=(1, 2))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _config(patch_size=48)
+
+
+def test_prepared_case_type_is_what_the_loop_takes(cases):
+    assert all(isinstance(c, PreparedCase) for c in cases)
+    assert all(c.image.dtype == torch.float32 and c.labels.dtype == torch.uint8 for c in cases)

@@ -1,0 +1,114 @@
+"""Patch sampling: per-label positive centres, no silent left-right flips, reproducible draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_export.training.sampling import AugmentConfig, PatchSampler, label_centres
+
+
+def _volume(shape=(64, 48, 40)):
+    """A big label 1 block, a 3^3 label 7 cube at +x, a label 2 block at +x and 13 at -x."""
+    labels = torch.zeros(shape, dtype=torch.uint8)
+    labels[5:45, 5:40, 5:35] = 1
+    labels[50:53, 10:13, 10:13] = 7
+    labels[52:62, 30:40, 20:30] = 2
+    labels[0:4, 30:40, 20:30] = 13
+    image = labels.float() / 20.0
+    return image, labels
+
+
+def test_every_present_label_is_drawn_about_equally_often():
+    image, labels = _volume()
+    sampler = PatchSampler(
+        [image],
+        [labels],
+        patch_size=8,
+        positive=1,
+        negative=0,
+        seed=0,
+        augment=AugmentConfig(intensity_prob=0.0),
+    )
+    counts = {label: 0 for label in (1, 2, 7, 13)}
+    for _ in range(400):
+        _, patch = sampler.next_batch(1)
+        centre = int(patch[0, 0, 4, 4, 4])  # a positive patch's centre voxel is its label...
+        if centre in counts:
+            counts[centre] += 1
+    # ...except where the patch was shifted inside the volume (label 13 touches the border).
+    assert counts[7] > 70 and counts[1] < 150, counts
+    assert counts[2] > 70
+
+
+def test_patches_have_the_requested_shape_even_for_small_cases():
+    image, labels = _volume(shape=(20, 18, 16))
+    sampler = PatchSampler([image], [labels], patch_size=32, seed=1)
+    images, targets = sampler.next_batch(3)
+    assert images.shape == (3, 1, 32, 32, 32) and images.dtype == torch.float32
+    assert targets.shape == (3, 1, 32, 32, 32) and targets.dtype == torch.int64
+
+
+def test_no_flips_by_default_keeps_right_on_the_right():
+    image, labels = _volume()
+    sampler = PatchSampler(
+        [image], [labels], patch_size=(64, 48, 40), seed=2, augment=AugmentConfig(intensity_prob=0.0)
+    )
+    for _ in range(10):
+        images, targets = sampler.next_batch(1)
+        assert torch.equal(targets[0, 0].to(torch.uint8), labels)
+        assert torch.equal(images[0, 0], image)
+
+
+def test_left_right_flip_swaps_the_lateral_labels():
+    image, labels = _volume()
+    sampler = PatchSampler(
+        [image],
+        [labels],
+        patch_size=(64, 48, 40),
+        seed=3,
+        augment=AugmentConfig(flip_axes=(0,), intensity_prob=0.0),
+    )
+    flipped_seen = False
+    for _ in range(20):
+        _, targets = sampler.next_batch(1)
+        target = targets[0, 0]
+        if not torch.equal(target.to(torch.uint8), labels):
+            flipped_seen = True
+            # Mirrored, the right kidney (2, at high x) lands at low x, the patient's left: it must
+            # now be called the left kidney, and the mirrored left kidney the right one.
+            assert target[2:12, 30:40, 20:30].unique().tolist() == [13]
+            assert target[60:64, 30:40, 20:30].unique().tolist() == [2]
+            assert target[11:14, 10:13, 10:13].unique().tolist() == [8]
+    assert flipped_seen
+
+
+def test_state_dict_reproduces_the_stream():
+    image, labels = _volume()
+    sampler = PatchSampler([image], [labels], patch_size=16, seed=4)
+    sampler.next_batch(2)
+    state = sampler.state_dict()
+    expected = sampler.next_batch(2)
+    again = PatchSampler([image], [labels], patch_size=16, seed=99)
+    again.load_state_dict(state)
+    got = again.next_batch(2)
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
+def test_centre_tables_are_bounded_and_deterministic():
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    labels[:20] = 1
+    first = label_centres(labels, seed=5, max_per_label=100)
+    assert first[1].size == 100 and np.array_equal(
+        first[1], label_centres(labels, seed=5, max_per_label=100)[1]
+    )
+    assert np.all(labels.reshape(-1)[first[1]] == 1)
+
+
+def test_bad_ratios_and_axes_are_refused():
+    image, labels = _volume()
+    with pytest.raises(ValueError, match="positive/negative"):
+        PatchSampler([image], [labels], patch_size=8, positive=0, negative=0)
+    with pytest.raises(ValueError, match="flip_axes"):
+        AugmentConfig(flip_axes=(3,))
