@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo prometheus export-demo bench gpu-check clean help
+.PHONY: install test lint lint-docker demo prometheus export-demo bench gpu-check clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
@@ -30,8 +30,10 @@ prometheus:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 	  || echo "warning: could not install prometheus; its end-to-end test will be skipped"; }
 
-lint: install
+lint: install lint-docker
 	$(BIN)/ruff check .
+
+lint-docker: install
 	$(BIN)/hadolint Dockerfile
 
 test: install prometheus lint
