@@ -62,10 +62,12 @@ class Segmenter:
             torch.set_num_threads(settings.cpu_threads)
         apply_gpu_memory_cap(self.device, settings.gpu_mem_cap_mb)
         self.precision = _dtype_for(settings.inference_precision, self.device)
+        # float16 halves the stitching slab (the largest buffer after the model's own) on either
+        # device; on the CPU it costs ~0.01 s per 96^3 window, next to ~1 s for the network.
         self.accumulate_dtype = (
-            _dtype_for(settings.accumulate_precision, self.device)
-            if settings.accumulate_precision != "auto"
-            else (torch.float16 if self.device.type == "cuda" else torch.float32)
+            torch.float16
+            if settings.accumulate_precision == "auto"
+            else _dtype_for(settings.accumulate_precision, self.device)
         )
         if predictor is None:
             predictor = load_predictor(

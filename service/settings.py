@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     gaussian_sigma_scale: float = Field(0.125, gt=0.0)
     skip_empty_windows: bool = True
     accumulate_precision: Literal["auto", "float32", "float16"] = Field(
-        "auto", description="Stitching accumulator; auto = float16 on CUDA, float32 on CPU"
+        "auto", description="Stitching accumulator; auto = float16 (halves the slab buffer; argmax unaffected but for near-ties)"
     )
 
     # Body crop

@@ -253,6 +253,12 @@ def _make_session(ort, path: Path, device: torch.device, gpu_mem_limit_mb: int |
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = max(int(threads), 0)  # 0 = ORT's default (all physical cores)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if device.type == "cpu":
+        # ORT's CPU arena and memory-pattern planner keep every activation buffer of a 96^3
+        # window alive between runs: about 1 GB of resident memory for the tiny network against
+        # 0.57 GB without them, for ~25 % more time per window. Memory is what we promise here.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
     providers: list = ["CPUExecutionProvider"]
     if device.type == "cuda":
         cuda_options = {"device_id": device.index, "arena_extend_strategy": "kSameAsRequested"}
