@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of swinxseg against the authors' pipeline (see bench/README.md)."""
