@@ -68,6 +68,11 @@ class CaseReport:
         }
 
 
+def gpu_peak_text(m: CaseMetrics) -> str:
+    peak = m.peak_gpu_mb_nvml or m.peak_gpu_mb_torch_reserved
+    return "n/a (CPU)" if peak is None else f"{peak:.0f} MB"
+
+
 def _blank(value):
     return "" if value is None else value
 
@@ -185,10 +190,9 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         case.status = "ok"
         m = case.metrics
         log.info(
-            "case %s: ok %s -> %s in %.2f s (windows %d run, %d skipped; peak GPU %s MB; RSS %.0f MB)",
+            "case %s: ok %s -> %s in %.2f s (windows %d run, %d skipped; peak GPU %s; RSS %.0f MB)",
             case.case, "x".join(map(str, m.input_shape)), out_path.name, m.total_seconds,
-            m.windows_run, m.windows_skipped, m.peak_gpu_mb_nvml or m.peak_gpu_mb_torch_reserved or "n/a",
-            m.peak_rss_mb,
+            m.windows_run, m.windows_skipped, gpu_peak_text(m), m.peak_rss_mb,
         )
     except SwinxsegError as exc:
         _fail(case, exc)

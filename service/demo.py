@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from service.batch import run_batch
+from service.batch import gpu_peak_text, run_batch
 from service.evaluation import dice_per_label, mean_dice
 from service.labels import FLARE23_LABELS
 from service.settings import Settings
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"case {case.case}: preview {Path(case.output).with_name(case.case + '_preview.png')}")
         print(f"case {case.case}: {m.total_seconds:.1f} s end to end ({m.windows_run} windows run, "
               f"{m.windows_skipped} skipped) on {m.device}/{m.backend}; peak RSS {m.peak_rss_mb:.0f} MB; "
-              f"peak GPU {m.peak_gpu_mb_nvml or m.peak_gpu_mb_torch_reserved or 'n/a (CPU)'} MB")
+              f"peak GPU {gpu_peak_text(m)}")
         if truth_path is not None:
             _print_dice(Path(case.output), truth_path, out / "dice.json")
     print(f"report: {out / 'outputs' / 'report.json'}")
