@@ -30,7 +30,7 @@ the N runs and memory the maximum):
 - ``agree %``: percentage of voxels where the two masks carry the same label.
 - ``Dice min (label)``, ``Dice mean``: Dice between the two masks per label present in either
   (labels 1-14), its minimum (with that label) and mean; the per-label values follow in a
-  second table. These measure agreement between the pipelines, not accuracy.
+  second table with each label's voxel count in baseline/ours (a Dice over a few voxels is noise). These measure agreement between the pipelines, not accuracy.
 - ``geometry``: ``ok`` when both masks have exactly the input's shape and affine.
 
 Targets (printed beside the table, not asserted): on the CPU ours <= 0.5x the baseline's wall
@@ -89,6 +89,8 @@ class BenchRow:
     gpu_ours: tuple[float | None, float | None] | None = None
     agreement_pct: float | None = None
     dice: dict[int, float] = field(default_factory=dict)
+    voxels_base: dict[int, int] = field(default_factory=dict)
+    voxels_ours: dict[int, int] = field(default_factory=dict)
     geometry_ok: bool | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -173,13 +175,22 @@ def format_table(rows: list[BenchRow], *, gpu: bool = False) -> str:
 
 
 def format_dice_table(rows: list[BenchRow]) -> str:
-    """Per-label Dice between the two masks (labels absent from both masks: blank)."""
+    """Per-label Dice between the two masks, with each label's voxels in baseline/ours.
+
+    Labels absent from both masks are blank.
+    """
     lines = ["| case | " + " | ".join(str(label) for label in ALL_LABELS) + " |",
              "|" + "---|" * (len(ALL_LABELS) + 1)]
     for row in rows:
-        cells = [f"{row.dice[label]:.3f}" if label in row.dice else "" for label in ALL_LABELS]
+        cells = [_dice_cell(row, label) if label in row.dice else "" for label in ALL_LABELS]
         lines.append(f"| {row.case} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _dice_cell(row: BenchRow, label: int) -> str:
+    if not row.voxels_base and not row.voxels_ours:
+        return f"{row.dice[label]:.3f}"
+    return f"{row.dice[label]:.3f} ({row.voxels_base.get(label, 0)}/{row.voxels_ours.get(label, 0)})"
 
 
 def format_targets(rows: list[BenchRow], *, device: str) -> str:
@@ -252,7 +263,17 @@ def compare_masks(base_mask: Path, ours_mask: Path, input_path: Path) -> dict[st
         "geometry_ok": bool(geometry_ok),
         "dice": dice_per_label(ours_labels, base_labels, labels=ALL_LABELS),
         "agreement_pct": 100.0 * voxel_agreement(ours_labels, base_labels),
+        # A Dice over a handful of voxels swings between 0 and 1; the counts say how much to trust it.
+        "voxels_base": _label_counts(base_labels),
+        "voxels_ours": _label_counts(ours_labels),
     }
+
+
+def _label_counts(labels) -> dict[int, int]:
+    import numpy as np
+
+    counts = np.bincount(labels.ravel(), minlength=len(ALL_LABELS) + 1)
+    return {label: int(counts[label]) for label in ALL_LABELS if counts[label]}
 
 
 def build_row(case: Path, runs: list[dict[str, Any]]) -> BenchRow:
@@ -281,6 +302,8 @@ def build_row(case: Path, runs: list[dict[str, Any]]) -> BenchRow:
     if comparison:
         row.agreement_pct = comparison["agreement_pct"]
         row.dice = {int(k): float(v) for k, v in comparison["dice"].items()}
+        row.voxels_base = {int(k): int(v) for k, v in comparison.get("voxels_base", {}).items()}
+        row.voxels_ours = {int(k): int(v) for k, v in comparison.get("voxels_ours", {}).items()}
         row.geometry_ok = comparison["geometry_ok"]
     return row
 

@@ -20,6 +20,7 @@ from bench.probes import emit_result, parse_result  # noqa: E402
 from bench.run_bench import (  # noqa: E402
     BenchRow,
     build_row,
+    format_dice_table,
     format_row,
     format_table,
     format_targets,
@@ -158,3 +159,13 @@ def test_build_row_reports_a_failed_side() -> None:
                                      "compare": None}])
     assert row.seconds_base is None and row.time_ratio is None
     assert "timed out" in format_targets([row], device="cpu")
+
+
+def test_dice_table_shows_voxel_counts() -> None:
+    row = _row()
+    row.voxels_base, row.voxels_ours = {1: 500, 2: 40, 14: 3}, {1: 510, 2: 41, 14: 3}
+    line = format_dice_table([row]).splitlines()[-1]
+    cells = line.strip("| ").split(" | ")
+    assert cells[0] == "ct1.nii.gz"
+    assert cells[1:4] == ["0.990 (500/510)", "0.981 (40/41)", ""]
+    assert cells[14] == "1.000 (3/3)"
