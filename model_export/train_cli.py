@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # CLI option -> TrainConfig field, for the hyper-parameters that default to None on the command
 # line so that "not given" can mean "as in the checkpoint" on --resume.
-_CONFIG_OPTIONS = (
+CONFIG_OPTIONS = (
     "preset",
     "out_channels",
     "patch_size",
@@ -198,7 +198,7 @@ def resolve_config(args: argparse.Namespace, saved: dict | None):
     values = TrainConfig(preprocess=PreprocessParams.service_defaults()).to_dict()
     if saved:
         values.update(saved)
-    for name in _CONFIG_OPTIONS:
+    for name in CONFIG_OPTIONS:
         given = getattr(args, name, None)
         if given is not None:
             values[name] = list(given) if isinstance(given, tuple) else given

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from model_export.train_cli import CONFIG_OPTIONS
+
 log = logging.getLogger(__name__)
 
 DEMO_NAME = "swinxseg-tiny-phantom-demo"
@@ -68,25 +70,9 @@ def command_for(config: dict) -> str:
     elif data.get("kind") == "folders":
         parts += ["--images", data["images"], "--labels", data["labels"], "--val-count", data["val_count"]]
     parts += ["--out", "runs/demo_train"]
-    options = (
-        "preset",
-        "out_channels",
-        "patch_size",
-        "batch_size",
-        "steps",
-        "lr",
-        "weight_decay",
-        "warmup_steps",
-        "min_lr_ratio",
-        "positive",
-        "negative",
-        "intensity_prob",
-        "val_interval",
-        "val_overlap",
-        "checkpoint_interval",
-        "seed",
-        "threads",
-    )
+    # The run's recipe options, in the CLI's own order; flip axes and --init need their own
+    # formatting below, and the log interval does not change the result.
+    options = [name for name in CONFIG_OPTIONS if name not in ("flip_axes", "init", "log_interval")]
     for name in options:
         if config.get(name) is not None:
             parts += [f"--{name.replace('_', '-')}", config[name]]
