@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.probes import NvmlSampler, emit_result, load_average, process_figures, stage, torch_gpu_peaks
+from service.heap import return_large_blocks_to_the_os
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def run_ours(input_path: Path | str, output_path: Path | str, model_dir: Path | 
     segmenter's own stage split (preprocess / infer / postprocess); memory in MB.
     """
     load_at_start = load_average()
+    return_large_blocks_to_the_os()  # the heap policy every ``swinxseg`` command starts with
     with NvmlSampler() as sampler:  # before the Segmenter touches CUDA, so the context counts
         result = _run(Path(input_path), Path(output_path), Path(model_dir), device, backend)
     result.update(process_figures(load_at_start))

@@ -90,10 +90,12 @@ def timed(rows: list[dict], name: str):
 
 def profile(case: Path, model: Path, device: str, backend: str, top: int) -> str:
     import service.segmenter as segmenter_module
+    from service.heap import return_large_blocks_to_the_os
     from service.io.readers import read_volume
     from service.segmenter import Segmenter
     from service.settings import Settings
 
+    return_large_blocks_to_the_os()  # as every ``swinxseg`` command does
     rows: list[dict] = [{"stage": "imports", "seconds": None, "rss_before_mb": None, "rss_peak_mb": peak_rss_mb(),
                          "rss_after_mb": current_rss_mb(), "traced_numpy_peak_mb": None}]
     tracemalloc.start()

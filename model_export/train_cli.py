@@ -40,6 +40,7 @@ CONFIG_OPTIONS = (
     "negative",
     "flip_axes",
     "intensity_prob",
+    "dice",
     "val_interval",
     "val_overlap",
     "checkpoint_interval",
@@ -115,6 +116,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Axis 0 (left-right) swaps the left/right kidney and adrenal labels",
     )
     recipe.add_argument("--intensity-prob", type=float, help="chance of a random intensity scale/shift (0.5)")
+    recipe.add_argument(
+        "--dice",
+        choices=("batch", "sample"),
+        help="Dice pooled over the batch without numerator smoothing (default), or per patch (MONAI's default)",
+    )
     recipe.add_argument("--val-interval", type=int, help="validate every N steps (default 250)")
     recipe.add_argument("--val-overlap", type=float, help="sliding-window overlap when validating (0.25)")
     recipe.add_argument("--checkpoint-interval", type=int, help="save last.pt every N steps (default 100)")
@@ -198,6 +204,9 @@ def resolve_config(args: argparse.Namespace, saved: dict | None):
     values = TrainConfig(preprocess=PreprocessParams.service_defaults()).to_dict()
     if saved:
         values.update(saved)
+        # Runs saved before the option existed trained with per-patch Dice; resume them unchanged.
+        if "dice" not in saved:
+            values["dice"] = "sample"
     for name in CONFIG_OPTIONS:
         given = getattr(args, name, None)
         if given is not None:

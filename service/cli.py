@@ -12,6 +12,7 @@ import logging
 import sys
 
 from service.errors import SwinxsegError
+from service.heap import return_large_blocks_to_the_os
 
 log = logging.getLogger("swinxseg")
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    return_large_blocks_to_the_os()
     try:
         return int(args._run(args) or 0)
     except SwinxsegError as exc:

@@ -131,8 +131,9 @@ class Segmenter:
                     volume,
                     target_spacing=tuple(self.manifest.target_spacing_mm),
                     hu_window=tuple(self.manifest.hu_window),
-                    body_threshold_hu=self.settings.body_threshold_hu,
+                    body_threshold_hu=self._body_threshold_hu(),
                     body_margin_mm=self.settings.body_margin_mm,
+                    crop_to=self.settings.crop_to,
                     device=self.device,
                 )
                 metrics.model_grid_shape = tuple(int(s) for s in prepared.image.shape)
@@ -160,6 +161,12 @@ class Segmenter:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             metrics.seconds[name] = round(time.perf_counter() - start, 4)
+
+    def _body_threshold_hu(self) -> float:
+        """The body crop's HU threshold: the setting, or else the model's HU window low end."""
+        if self.settings.body_threshold_hu is not None:
+            return float(self.settings.body_threshold_hu)
+        return float(self.manifest.hu_window[0])
 
     def _window_batch_size(self) -> int:
         if self.settings.sw_batch_size:

@@ -35,8 +35,19 @@ class Settings(BaseSettings):
     )
 
     # Body crop
-    body_threshold_hu: float = -500.0
-    body_margin_mm: float = Field(10.0, ge=0.0)
+    # Why these defaults: the network sees HU clipped to the model's window, so every voxel at or
+    # below the window's low end (-250 HU) reaches it as the same 0 as air. A tight box around the
+    # body's voxels above that level therefore drops nothing the network could see, and it is the
+    # reference pipeline's CropForeground box whenever no table is in view: the same windows, so
+    # the same masks. None = the model manifest's HU window low end.
+    body_threshold_hu: float | None = None
+    body_margin_mm: float = Field(0.0, ge=0.0)
+    crop_to: Literal["foreground", "body"] = Field(
+        "foreground",
+        description="Crop box: everything above the threshold, table included (the reference pipeline's "
+        "box, so the same window grid and masks), or the body component alone (fewer windows when a "
+        "table is in view). Windows that do not touch the body are skipped either way.",
+    )
 
     # Input limits
     max_input_voxels: int = Field(800_000_000, gt=0)

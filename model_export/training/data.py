@@ -36,8 +36,9 @@ class PreprocessParams:
 
     target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     hu_window: tuple[float, float] = (-250.0, 250.0)
-    body_threshold_hu: float = -500.0
-    body_margin_mm: float = 10.0
+    body_threshold_hu: float = -250.0
+    body_margin_mm: float = 0.0
+    crop_to: str = "foreground"
 
     @classmethod
     def service_defaults(cls) -> PreprocessParams:
@@ -48,11 +49,14 @@ class PreprocessParams:
         def default(model, name):
             return model.model_fields[name].get_default(call_default_factory=True)
 
+        window = tuple(default(ModelManifest, "hu_window"))
+        threshold = default(Settings, "body_threshold_hu")  # None: the window's low end, as served
         return cls(
             target_spacing=tuple(default(ModelManifest, "target_spacing_mm")),
-            hu_window=tuple(default(ModelManifest, "hu_window")),
-            body_threshold_hu=float(default(Settings, "body_threshold_hu")),
+            hu_window=window,
+            body_threshold_hu=float(threshold if threshold is not None else window[0]),
             body_margin_mm=float(default(Settings, "body_margin_mm")),
+            crop_to=str(default(Settings, "crop_to")),
         )
 
 
@@ -268,6 +272,7 @@ def prepare_case(name: str, ct: Volume, labels: Volume, params: PreprocessParams
         hu_window=params.hu_window,
         body_threshold_hu=params.body_threshold_hu,
         body_margin_mm=params.body_margin_mm,
+        crop_to=params.crop_to,
         device="cpu",
     )
     model_labels = labels_to_model_grid(label_array, prepared.record)

@@ -35,6 +35,7 @@ from model_export.training.sampling import AugmentConfig, PatchSampler
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
+DICE_MODES = ("batch", "sample")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class TrainConfig:
     negative: int = 1
     flip_axes: tuple[int, ...] = ()
     intensity_prob: float = 0.5
+    dice: str = "batch"
     val_interval: int = 250
     val_overlap: float = 0.25
     checkpoint_interval: int = 100
@@ -81,6 +83,8 @@ class TrainConfig:
                 f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, "
                 f"{self.warmup_steps}, {self.min_lr_ratio}"
             )
+        if self.dice not in DICE_MODES:
+            raise ValueError(f"dice must be one of {', '.join(DICE_MODES)}, got {self.dice!r}")
         object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
 
     def to_dict(self) -> dict:
@@ -98,6 +102,7 @@ class TrainConfig:
                 hu_window=tuple(params["hu_window"]),
                 body_threshold_hu=params["body_threshold_hu"],
                 body_margin_mm=params["body_margin_mm"],
+                crop_to=params.get("crop_to", "body"),  # runs saved before the option cropped to the body
             )
         return cls(**values)
 
@@ -208,7 +213,7 @@ class Trainer:
             seed=config.seed,
             augment=AugmentConfig(flip_axes=config.flip_axes, intensity_prob=config.intensity_prob),
         )
-        self.loss_fn = _dice_ce_loss()
+        self.loss_fn = dice_ce_loss(config.dice)
         self.step = 0
         self.history: list[dict] = []
         self.best = {"step": 0, "mean_dice": float("-inf")}
@@ -360,11 +365,25 @@ class Trainer:
         return path
 
 
-def _dice_ce_loss() -> torch.nn.Module:
+def dice_ce_loss(dice: str = "batch") -> torch.nn.Module:
+    """Dice + cross-entropy (equal weights), softmax over the classes, integer labels one-hot encoded.
+
+    ``batch`` (the default) pools each class's Dice over the whole batch with no numerator smoothing,
+    as MONAI's DiceLoss documentation recommends for sparse classes. ``sample`` is MONAI's default
+    (per patch, smoothing 1e-5 on both sides) and is kept so older runs resume unchanged. Why it
+    matters here: a small organ is absent from most patches, and per-patch smoothed Dice scores an
+    absent class ~1 unless its summed probability falls below ~1e-5, with a steep gradient on the
+    way down. That drove the kidneys, spleen and small organs to zero probability everywhere in the
+    first demo runs. Without numerator smoothing an absent class is a constant with zero gradient,
+    so false positives are left to the cross-entropy term.
+    """
     from monai.losses import DiceCELoss  # heavy import, only when training
 
-    # Softmax over the classes, integer labels one-hot encoded; Dice and CE weighted equally.
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+    if dice == "batch":
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=0.0, smooth_dr=1e-5)
+    if dice == "sample":
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    raise ValueError(f"dice must be one of {', '.join(DICE_MODES)}, got {dice!r}")
 
 
 def train(

@@ -1,9 +1,15 @@
-"""Body crop: keep the patient, drop the air around it and the CT table under it.
+"""Body crop: where the sliding windows go, and which of them can be skipped.
 
-The seed pipeline crops to everything above -250 HU, which keeps the table (a long bright slab)
-and so a lot of windows that can only ever be background. Here the body is the largest connected
-component above a HU threshold; the table, separated from the patient by air (mattress, gap),
-is another component and falls away.
+The body is the largest connected component above a HU threshold; the CT table, separated from
+the patient by air (mattress, gap), is another component. Two crop boxes are offered:
+
+- ``foreground`` (the service default): the box of everything above the threshold, table
+  included. That is the reference pipeline's ``CropForeground`` box, so the sliding-window grid
+  is the reference's grid and the masks are the same masks; the windows that do not touch the
+  body (table and air only) are still skipped, which is where the time goes otherwise.
+- ``body``: the box of the body component alone: fewer voxels and windows when a table is in
+  view, but a window grid shifted against the reference's, so a network's predictions near organ
+  borders can differ from it where they depend on the window's context.
 """
 
 from __future__ import annotations
@@ -156,6 +162,9 @@ def _body_extent(image: torch.Tensor, threshold: float, body: BodyMask) -> list[
     return extent
 
 
+CROP_MODES = ("foreground", "body")
+
+
 def body_bounding_box(
     image: torch.Tensor,
     *,
@@ -163,6 +172,7 @@ def body_bounding_box(
     spacing_mm: Sequence[float],
     margin_mm: float,
     coarse_mm: float = 4.0,
+    box_of: str = "body",
 ) -> tuple[CropBox, BodyMask]:
     """Bounding box of the body in ``image (X, Y, Z)`` and a coarse body mask.
 
@@ -172,7 +182,9 @@ def body_bounding_box(
     voxels): ``scipy.ndimage.label`` on a full 1 mm 400x400x1000 grid takes seconds and an int32
     label volume of 640 MB, while 4 mm voxels make it 64x smaller and still separate the table
     from the patient. The box itself is then measured at full resolution inside that component's
-    (dilated) region. An empty mask gives the whole volume (and a warning).
+    (dilated) region. An empty mask gives the whole volume (and a warning). ``box_of="foreground"``
+    measures the box over every voxel above ``threshold`` instead (see the module docstring); the
+    body mask is the same either way.
 
     Returns ``(box, body)``; ``body.touches`` takes coordinates inside ``box``.
     """
@@ -184,8 +196,12 @@ def body_bounding_box(
         log.warning("no voxel above the body threshold %.1f: keeping the whole volume %s", threshold, shape)
         box = CropBox.full(shape)
         return box, BodyMask(np.ones(sampled.shape, dtype=bool), factors, box.start)
+    if box_of not in CROP_MODES:
+        raise ValueError(f"box_of must be one of {', '.join(CROP_MODES)}, got {box_of!r}")
     region = ndimage.binary_dilation(component, structure=np.ones((3, 3, 3), dtype=bool))
-    extent = _body_extent(image, threshold, BodyMask(region, factors, (0, 0, 0)))
+    # The foreground box is the same full-resolution scan over a region that is everywhere.
+    measured = region if box_of == "body" else np.ones_like(region)
+    extent = _body_extent(image, threshold, BodyMask(measured, factors, (0, 0, 0)))
     margin = [int(math.ceil(margin_mm / s - 1e-9)) for s in spacing_mm]
     box = CropBox(
         tuple(max(0, first - m) for (first, _), m in zip(extent, margin, strict=True)),  # type: ignore[arg-type]

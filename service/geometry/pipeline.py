@@ -137,12 +137,14 @@ def preprocess(
     hu_window: Sequence[float],
     body_threshold_hu: float,
     body_margin_mm: float,
+    crop_to: str = "foreground",
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
 ) -> Preprocessed:
     """Turn a CT ``Volume`` (HU) into the network's ``(X, Y, Z)`` [0, 1] image on ``device``.
 
-    ``target_spacing`` (mm) and ``hu_window`` (HU) come from the model manifest; the body box uses
+    ``target_spacing`` (mm) and ``hu_window`` (HU) come from the model manifest; the crop box
+    (``crop_to``: ``foreground`` or ``body``, see ``service.geometry.body``) uses
     ``body_threshold_hu`` and adds ``body_margin_mm`` on every side. Peak device memory: the
     larger of (input in its own dtype + its float32 copy) and (source + result of one 1D
     resampling pass), plus bounded temporaries; no float64 volume is ever made.
@@ -159,7 +161,11 @@ def preprocess(
     model_affine = resampled_affine(ras_affine, resample.spacing_in, resample.spacing_out)
 
     box, body = body_bounding_box(
-        image, threshold=body_threshold_hu, spacing_mm=_column_spacing(model_affine), margin_mm=body_margin_mm
+        image,
+        threshold=body_threshold_hu,
+        spacing_mm=_column_spacing(model_affine),
+        margin_mm=body_margin_mm,
+        box_of=crop_to,
     )
     image = crop(image, box)
     if not (owned and image.is_contiguous() and box.is_full(resample.shape_out)):

@@ -1,4 +1,4 @@
-"""Bounded-memory sliding-window inference: stream the windows along Z, stitch in a slab.
+"""Bounded-memory sliding-window inference: stream the windows along one axis, stitch in a slab.
 
 Why a slab
 ----------
@@ -23,14 +23,23 @@ Device memory is therefore ``(C + 1) * X * Y * Rz * itemsize``, independent of t
 length Z: the axis along which CT scans get long is Z (superior-inferior after RAS
 reorientation), while X and Y are bounded by the field of view.
 
+The same argument holds for any axis, so the streamed axis is the one whose slab is smallest,
+i.e. the longest one (``stream_axis``): Z for a long scan, but X for a short, wide one, where a
+Z slab would span the whole volume (example: a 357 x 297 x 88 model grid needs a 285 MB float16
+slab along Z and 82 MB along X). The volume is only viewed in that axis order; each window batch
+is put back into (X, Y, Z) order for the network and its logits viewed in slab order, so the
+windows, weights and labels are the same as along Z, up to the order of float additions.
+
 Labels need no division: the weight of a voxel is the same positive number for all channels,
 so ``argmax(sum / weight) == argmax(sum)``; voxels with weight 0 (only covered by skipped
 windows) are labelled background (0).
 
 Other details
 -------------
-- Axes shorter than the ROI: the *window* is padded with zeros at its end (0 is air after
-  intensity scaling) and the prediction cropped back; the volume itself is never padded.
+- Axes shorter than the ROI: the *window* is padded with zeros (0 is air after intensity
+  scaling) on both sides, the smaller half first, and the prediction cropped back; the volume
+  itself is never padded. That is where MONAI's ``SpatialPad`` and ``sliding_window_inference``
+  put a short axis, and the network's output depends on where in the window the anatomy sits.
 - Windows are run ``sw_batch_size`` at a time. Windows whose region does not touch the body
   (``body.touches(start, stop)``) are skipped: they add zero weight.
 - Out of memory: only ``torch.cuda.OutOfMemoryError`` is caught (a warning says so). The batch
@@ -87,6 +96,7 @@ class StitchResult:
     windows_skipped: int
     stitch_buffer_bytes: int  # score + weight slab, on the accumulate device
     sw_batch_size_used: int
+    stream_axis: int = 2  # 0, 1, 2 = X, Y, Z: the axis the slab moved along
     accumulate_device: str = "cpu"
     fallbacks: list[str] = field(default_factory=list)
 
@@ -209,9 +219,8 @@ class _Runner:
         """Windows -> logits (B, C, Rx, Ry, Rz) on the predictor's device."""
         batch = torch.zeros((len(chunk), 1, *self.roi), dtype=torch.float32, device=self.predictor.device)
         for b, (start, stop) in enumerate(chunk):
-            ext = [e - s for s, e in zip(start, stop, strict=True)]
-            # Zero padding at the end of the window on axes shorter than the ROI.
-            batch[b, 0, : ext[0], : ext[1], : ext[2]].copy_(
+            inside = self._inside_window(start, stop)
+            batch[(b, 0, *inside)].copy_(
                 self.image[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
             )
         logits = self.predictor(batch)
@@ -221,6 +230,18 @@ class _Runner:
                 f"predictor {self.predictor.name} returned {tuple(logits.shape)}, expected {expected}"
             )
         return logits
+
+    def _inside_window(self, start: Triple, stop: Triple) -> tuple[slice, slice, slice]:
+        """Where the volume's part ``[start, stop)`` sits inside the ROI-sized window.
+
+        Only an axis shorter than the ROI gives a part smaller than the window (the grid keeps
+        every window inside the volume otherwise); it is centred, the odd voxel of padding last.
+        """
+        parts = []
+        for s, e, r in zip(start, stop, self.roi, strict=True):
+            offset = (r - (e - s)) // 2
+            parts.append(slice(offset, offset + e - s))
+        return tuple(parts)  # type: ignore[return-value]
 
     def _shrink_batch(self) -> None:
         if torch.cuda.is_available():
@@ -258,7 +279,7 @@ class _Runner:
         if start[2] > slab.lo:
             self.finalize(start[2])
             slab.advance(start[2])
-        crop = tuple(slice(None, e - s) for s, e in zip(start, stop, strict=True))
+        crop = self._inside_window(start, stop)
         # Move first, weight second: with a host accumulator the multiply happens on the host and
         # the device holds nothing extra.
         window_logits = logits[(slice(None), *crop)].to(slab.scores.device, slab.scores.dtype)
@@ -326,6 +347,50 @@ def _run_or_release(runner: _Runner, windows: Sequence[Window]) -> None:
         raise failure.with_traceback(None)
 
 
+def stream_axis(shape: Sequence[int], roi: Sequence[int]) -> int:
+    """The axis whose slab ``(other two extents) x min(ROI, extent)`` is smallest; ties go to Z, then X."""
+
+    def slab_voxels(axis: int) -> int:
+        others = [int(n) for a, n in enumerate(shape) if a != axis]
+        return others[0] * others[1] * min(int(roi[axis]), int(shape[axis]))
+
+    return min((2, 0, 1), key=slab_voxels)
+
+
+def _axis_order(axis: int) -> tuple[int, int, int]:
+    """Permutation of (X, Y, Z) that puts ``axis`` last and keeps the other two in order."""
+    return (*(a for a in range(3) if a != axis), axis)  # type: ignore[return-value]
+
+
+def _permute_triple(values: Sequence[int], order: Sequence[int]) -> Triple:
+    return (int(values[order[0]]), int(values[order[1]]), int(values[order[2]]))
+
+
+class _ReorderedPredictor:
+    """A predictor seen in slab axis order: batches go back to (X, Y, Z) for the network, and its
+    logits come back as a view in slab order (no copy of the 15-channel output)."""
+
+    def __init__(self, predictor: Predictor, order: Triple) -> None:
+        self.inner = predictor
+        self.out_channels, self.device, self.name = predictor.out_channels, predictor.device, predictor.name
+        self.to_xyz = (0, 1, *(2 + int(i) for i in np.argsort(order)))
+        self.to_slab = (0, 1, *(2 + a for a in order))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(batch.permute(self.to_xyz).contiguous())
+        return logits.permute(self.to_slab)
+
+
+class _ReorderedBody:
+    """``body.touches`` for boxes given in slab axis order."""
+
+    def __init__(self, body: BodyRegion, order: Triple) -> None:
+        self.body, self.inverse = body, tuple(int(i) for i in np.argsort(order))
+
+    def touches(self, start: Triple, stop: Triple) -> bool:
+        return self.body.touches(_permute_triple(start, self.inverse), _permute_triple(stop, self.inverse))
+
+
 def sliding_window_labels(
     image: torch.Tensor,
     predictor: Predictor,
@@ -340,7 +405,7 @@ def sliding_window_labels(
     output: Literal["labels", "scores"] = "labels",
     on_slab: Callable[[int, int], None] | None = None,
 ) -> StitchResult:
-    """Gaussian-blended sliding-window inference over ``image``, streamed along Z.
+    """Gaussian-blended sliding-window inference over ``image``, streamed along ``stream_axis``.
 
     Args:
         image: (X, Y, Z) float tensor (scaled intensities), on any device; windows are copied
@@ -355,7 +420,8 @@ def sliding_window_labels(
         body: optional ``touches(start, stop) -> bool``; windows not touching it are skipped.
         output: ``"labels"`` -> (X, Y, Z) uint8 argmax; ``"scores"`` -> (C, X, Y, Z) float32
             blended logits (memory heavy on the host; for tests).
-        on_slab: called as ``on_slab(z_start, z_stop)`` after each finalised slab reaches the host.
+        on_slab: called as ``on_slab(start, stop)`` after each finalised slab reaches the host;
+            indices along the streamed axis (``StitchResult.stream_axis``).
 
     Raises:
         StitchOutOfMemory: CUDA ran out of memory at batch size 1 or while stitching.
@@ -368,6 +434,15 @@ def sliding_window_labels(
     if output == "labels" and channels > 256:
         raise ValueError(f"uint8 labels hold at most 256 classes, the predictor has {channels}")
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else predictor.device
+
+    axis = stream_axis(shape, roi_t)
+    order = _axis_order(axis)
+    if axis != 2:
+        # Everything below works in slab order (streamed axis last) on views of the inputs.
+        image = image.permute(order)
+        predictor = _ReorderedPredictor(predictor, order)
+        body = None if body is None else _ReorderedBody(body, order)
+        shape, roi_t = _permute_triple(shape, order), _permute_triple(roi_t, order)
 
     windows, skipped = _split_by_body(window_grid(shape, roi_t, overlap), body)
     slab = _allocate_slab(channels, shape, min(roi_t[2], shape[2]), acc_device, accumulate_dtype)
@@ -385,20 +460,27 @@ def sliding_window_labels(
     )
     _run_or_release(runner, windows)
     logger.debug(
-        "stitched %s: %d windows run, %d skipped, slab %.1f MB on %s",
+        "stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
         shape,
+        axis,
         runner.windows_run,
         skipped,
         slab.nbytes / 2**20,
         acc_device,
     )
+    inverse = tuple(int(i) for i in np.argsort(order))
+    if output == "labels":
+        labels, scores = np.ascontiguousarray(sink.array.transpose(inverse)), None
+    else:
+        labels, scores = None, np.ascontiguousarray(sink.array.transpose((0, *(1 + i for i in inverse))))
     return StitchResult(
-        labels=sink.array if output == "labels" else None,
-        scores=sink.array if output == "scores" else None,
+        labels=labels,
+        scores=scores,
         windows_run=runner.windows_run,
         windows_skipped=skipped,
         stitch_buffer_bytes=slab.nbytes,
         sw_batch_size_used=runner.batch_size,
         accumulate_device=str(acc_device),
         fallbacks=runner.fallbacks,
+        stream_axis=axis,
     )

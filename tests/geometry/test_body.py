@@ -40,6 +40,24 @@ def test_table_falls_away_and_the_body_is_kept_whole_with_its_margin():
     assert box.start[1] >= TABLE_ROWS[1]
 
 
+def test_foreground_box_keeps_the_table_like_crop_foreground_and_the_mask_still_skips_it():
+    image, body = _phantom()
+    box, mask = _find(image, threshold=-250.0, margin_mm=0.0, box_of="foreground")
+    # MONAI's CropForeground box: every voxel above the threshold, table included, no margin.
+    above = image.numpy() > -250.0
+    for axis in range(3):
+        hits = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
+        assert (box.start[axis], box.stop[axis]) == (hits[0], hits[-1] + 1)
+    assert box.start[1] == TABLE_ROWS[0]
+    # The body mask is the same as for the body box: the table's rows alone are not body.
+    table_only = ((0, 0, 0), (box.shape[0], TABLE_ROWS[1] - TABLE_ROWS[0], box.shape[2]))
+    assert not mask.touches(*table_only)
+    body_box, body_mask = _find(image, threshold=-250.0, margin_mm=0.0)
+    assert body_box.start[1] >= TABLE_ROWS[1] and np.array_equal(mask.coarse, body_mask.coarse)
+    with pytest.raises(ValueError, match="box_of must be one of"):
+        _find(image, box_of="table")
+
+
 def test_body_mask_is_conservative_and_skips_empty_space():
     image, body = _phantom()
     box, mask = _find(image)

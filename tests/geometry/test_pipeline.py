@@ -62,16 +62,19 @@ def test_identity_segmentation_comes_back_on_the_input_grid(orientation_case, ma
         assert _dice(restored == label, expected == label) >= 0.97, label
 
 
-def test_table_is_cropped_away_or_masked(orientation_case, make_affine, world_coordinates):
+@pytest.mark.parametrize("crop_to", ["body", "foreground"])
+def test_table_is_cropped_away_or_masked(orientation_case, make_affine, world_coordinates, crop_to):
     volume, _, _, center = _case(orientation_case, make_affine, world_coordinates)
-    prepared = preprocess(volume, **OPTIONS)
+    prepared = preprocess(volume, **(OPTIONS | {"crop_to": crop_to}))
     record, body = prepared.record, prepared.body
     _, _, table = _phantom_at(world_coordinates(record.resampled_affine, record.resample.shape_out), center)
     box = record.crop_box
     in_box = np.zeros_like(table)
     in_box[box.slices] = True
     assert table.sum() > 0
-    if orientation_case != "oblique":  # a tilted slab always reaches into an axis-aligned box
+    if crop_to == "foreground":
+        assert (table & in_box).any()  # the reference pipeline's box: the table is in it
+    elif orientation_case != "oblique":  # a tilted slab always reaches into an axis-aligned box
         assert not (table & in_box).any()
     # Whatever part of the table is in the box, no window there counts as touching the body.
     for voxel in np.argwhere(table & in_box)[::7]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from service.inference.predictors import FormulaPredictor
-from service.inference.stitcher import StitchOutOfMemory, sliding_window_labels
+from service.inference.stitcher import StitchOutOfMemory, sliding_window_labels, stream_axis
 from service.inference.windows import window_grid
 
 ROI = (16, 16, 16)
@@ -96,8 +96,12 @@ class BoxBody:
         return all(s < h and e > lo for s, e, lo, h in zip(start, stop, self.lo, self.hi, strict=True))
 
 
-def test_skipping_windows_outside_the_body_changes_nothing() -> None:
-    shape, lo, hi = (48, 40, 64), (12, 10, 20), (30, 26, 41)
+@pytest.mark.parametrize(
+    ("shape", "lo", "hi"),
+    [((48, 40, 64), (12, 10, 20), (30, 26, 41)), ((64, 40, 30), (20, 10, 5), (41, 26, 22))],
+    ids=["along-z", "along-x"],
+)
+def test_skipping_windows_outside_the_body_changes_nothing(shape, lo, hi) -> None:
     image, bands = banded_image(shape, 4)
     inside = np.zeros(shape, dtype=bool)
     inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = True
@@ -133,37 +137,48 @@ def _windowed_nonlinear(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(3 * x) + ramp, x**2 - ramp * x, torch.tanh(x + ramp)], dim=1)
 
 
+@pytest.mark.parametrize(
+    ("shape", "roi", "axis"),
+    [
+        ((40, 36, 50), ROI, 2),
+        ((50, 36, 40), ROI, 0),
+        ((36, 50, 40), ROI, 1),
+        ((50, 36, 40), (8, 16, 12), 0),
+        ((30, 26, 44), (16, 8, 12), 2),
+    ],
+)
 @pytest.mark.parametrize("overlap", [0.5, 0.25])
-def test_scores_equal_monai_sliding_window_inference(overlap: float) -> None:
+def test_scores_equal_monai_sliding_window_inference(overlap: float, shape, roi, axis: int) -> None:
+    # The predictor depends on the position inside the window (a ramp along the window's Z), so a
+    # window or its logits put back in the wrong axis order would show, whichever axis is streamed.
     inferers = pytest.importorskip("monai.inferers")
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn((40, 36, 50), generator=generator)
+    image = torch.randn(shape, generator=generator)
     expected = inferers.sliding_window_inference(
-        image[None, None], ROI, 2, _windowed_nonlinear, overlap=overlap, mode="gaussian", sigma_scale=0.125
+        image[None, None], roi, 2, _windowed_nonlinear, overlap=overlap, mode="gaussian", sigma_scale=0.125
     )[0]
     result = sliding_window_labels(
         image,
         FormulaPredictor(_windowed_nonlinear, 3),
-        roi=ROI,
+        roi=roi,
         overlap=overlap,
         output="scores",
         sw_batch_size=2,
     )
+    assert result.stream_axis == axis
     np.testing.assert_allclose(result.scores, expected.numpy(), atol=1e-4, rtol=0)
 
 
-def test_scores_equal_monai_when_smaller_than_roi() -> None:
+@pytest.mark.parametrize("shape", [(9, 30, 12), (30, 20, 13), (7, 9, 5)])
+def test_scores_equal_monai_when_smaller_than_roi(shape) -> None:
+    # The predictor depends on the position inside the window (a ramp along Z), so a short axis
+    # must be padded where MONAI pads it (centred, odd voxel last), not just anywhere.
     inferers = pytest.importorskip("monai.inferers")
-
-    def pointwise(x: torch.Tensor) -> torch.Tensor:
-        # Pointwise, so MONAI's centred padding and our end padding must agree.
-        return torch.cat([torch.sin(3 * x), x**2], dim=1)
-
-    image = torch.randn((9, 30, 12))
+    image = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     expected = inferers.sliding_window_inference(
-        image[None, None], ROI, 1, pointwise, overlap=0.5, mode="gaussian"
+        image[None, None], ROI, 1, _windowed_nonlinear, overlap=0.5, mode="gaussian"
     )[0]
-    result = sliding_window_labels(image, FormulaPredictor(pointwise, 2), roi=ROI, output="scores")
+    result = sliding_window_labels(image, FormulaPredictor(_windowed_nonlinear, 3), roi=ROI, output="scores")
     np.testing.assert_allclose(result.scores, expected.numpy(), atol=1e-4, rtol=0)
 
 
@@ -185,6 +200,21 @@ def test_stitch_buffer_does_not_grow_with_scan_length(accumulate_dtype: torch.dt
         assert (result.labels == channels - 1).all()  # the highest channel always wins for x + 1 + c
         sizes.append(result.stitch_buffer_bytes)
     assert sizes[0] == sizes[1] == analytic
+
+
+def test_the_slab_moves_along_the_longest_axis() -> None:
+    # A short, wide volume streams along X: its slab spans Y x Z x Rx, not X x Y x Rz.
+    channels, itemsize = 2, 4
+    wide = sliding_window_labels(torch.rand((200, 32, 24)), plus_one(channels), roi=ROI, sw_batch_size=8)
+    long = sliding_window_labels(torch.rand((24, 32, 200)), plus_one(channels), roi=ROI, sw_batch_size=8)
+    assert (wide.stream_axis, long.stream_axis) == (0, 2)
+    assert wide.labels.shape == (200, 32, 24) and (wide.labels == channels - 1).all()
+    assert (
+        wide.stitch_buffer_bytes == long.stitch_buffer_bytes == (channels + 1) * 32 * 24 * ROI[0] * itemsize
+    )
+    assert stream_axis((357, 297, 88), (96, 96, 96)) == 0
+    assert stream_axis((300, 300, 300), (96, 96, 96)) == 2  # ties go to Z
+    assert stream_axis((30, 200, 30), (96, 96, 96)) == 1
 
 
 class OomAboveBatchOne:

@@ -31,6 +31,7 @@ def _preprocess(ct: Volume, params: PreprocessParams = PARAMS):
         hu_window=params.hu_window,
         body_threshold_hu=params.body_threshold_hu,
         body_margin_mm=params.body_margin_mm,
+        crop_to=params.crop_to,
         device="cpu",
     )
 

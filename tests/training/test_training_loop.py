@@ -154,3 +154,48 @@ def test_config_round_trips_through_a_checkpoint_dict():
 def test_prepared_case_type_is_what_the_loop_takes(cases):
     assert all(isinstance(c, PreparedCase) for c in cases)
     assert all(c.image.dtype == torch.float32 and c.labels.dtype == torch.uint8 for c in cases)
+
+
+def _loss_and_absent_class_gradient(dice: str) -> tuple[float, float]:
+    """Loss of a perfect-ish prediction for class 3 and its gradient on an absent class's logits, Dice part only."""
+    from model_export.training.loop import dice_ce_loss
+
+    torch.manual_seed(0)
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    labels[:, :, 2:5, 2:5, 2:5] = 3
+    logits = torch.full((2, 15, 8, 8, 8), -8.0)
+    logits[:, 0] = 8.0
+    logits[:, 3][labels[:, 0] == 3] = 16.0
+    logits[:, 7] = -3.0  # class 7 is absent, with a small but non-zero probability everywhere
+    logits.requires_grad_(True)
+    loss_fn = dice_ce_loss(dice)
+    loss = loss_fn.dice(logits, labels)
+    loss.backward()
+    return float(loss.detach()), float(logits.grad[:, 7].abs().max())
+
+
+def test_batch_dice_leaves_absent_classes_to_the_cross_entropy():
+    # Per-patch smoothed Dice scores the absent class ~1 and pushes its probability down hard;
+    # batch Dice without numerator smoothing gives it a constant and no gradient of its own.
+    sample_loss, sample_grad = _loss_and_absent_class_gradient("sample")
+    batch_loss, batch_grad = _loss_and_absent_class_gradient("batch")
+    assert sample_grad > 100 * max(batch_grad, 1e-12)
+    assert batch_grad < 1e-6
+    assert 0.0 < batch_loss <= 1.0 and 0.0 < sample_loss <= 1.0
+    with pytest.raises(ValueError, match="dice must be one of"):
+        _config(dice="pixel")
+
+
+def test_runs_saved_before_the_dice_option_resume_with_per_patch_dice():
+    from argparse import Namespace
+
+    from model_export.train_cli import CONFIG_OPTIONS, resolve_config
+
+    saved = _config().to_dict()
+    saved.pop("dice")
+    saved["data"] = {"kind": "phantoms", "count": 2, "seed_start": 1, "val_count": 1, "val_seed_start": 9}
+    nothing_given = Namespace(
+        **{name: None for name in CONFIG_OPTIONS}, datalist=None, images=None, labels=None, phantoms=None
+    )
+    assert resolve_config(nothing_given, saved).dice == "sample"
+    assert resolve_config(nothing_given, {**saved, "dice": "batch"}).dice == "batch"
