@@ -36,10 +36,10 @@ class Settings(BaseSettings):
 
     # Body crop
     # Why these defaults: the network sees HU clipped to the model's window, so every voxel at or
-    # below the window's low end (-250 HU) reaches it as the same 0 as air. A tight box around the
-    # body's voxels above that level therefore drops nothing the network could see, and it is the
-    # reference pipeline's CropForeground box whenever no table is in view: the same windows, so
-    # the same masks. None = the model manifest's HU window low end.
+    # below the window's low end (-250 HU) reaches it as the same 0 as air. A box with no margin
+    # around the voxels above that level therefore drops nothing the network could see; with
+    # crop_to="foreground" it is exactly the reference pipeline's CropForeground box: the same
+    # windows, so the same masks. None = the model manifest's HU window low end.
     body_threshold_hu: float | None = None
     body_margin_mm: float = Field(0.0, ge=0.0)
     crop_to: Literal["foreground", "body"] = Field(

@@ -25,8 +25,8 @@ reorientation), while X and Y are bounded by the field of view.
 
 The same argument holds for any axis, so the streamed axis is the one whose slab is smallest,
 i.e. the longest one (``stream_axis``): Z for a long scan, but X for a short, wide one, where a
-Z slab would span the whole volume (example: a 357 x 297 x 88 model grid needs a 285 MB float16
-slab along Z and 82 MB along X). The volume is only viewed in that axis order; each window batch
+Z slab would span the whole volume (example_ct_sm's 361 x 286 x 88 crop needs a 277 MB float16
+slab along Z, 74 MB along X). The volume is only viewed in that axis order; each window batch
 is put back into (X, Y, Z) order for the network and its logits viewed in slab order, so the
 windows, weights and labels are the same as along Z, up to the order of float additions.
 

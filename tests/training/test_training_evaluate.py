@@ -72,3 +72,11 @@ def test_dice_table_has_a_row_per_label_and_the_organ_mean():
     assert "| 1 liver | 0.900 | 0.800 |" in table
     assert "| 14 tumor | - | - |" in table
     assert "**0.700**" in table and "**0.750**" in table
+
+
+def test_status_line_says_under_trained_below_the_target_in_any_layout():
+    from model_export.training.make_demo_weights import status_line
+
+    good = {1: 0.9, 2: 0.88}
+    assert "under-trained" not in status_line({"RAS": (good, []), "LPS": (good, [])})
+    assert "under-trained" in status_line({"RAS": (good, []), "LPS": ({1: 0.9, 2: 0.6}, [])})
