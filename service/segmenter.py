@@ -21,7 +21,7 @@ from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest, load_manifest
 from service.memory import GpuMemoryTracker, apply_gpu_memory_cap, peak_rss_mb
 from service.metrics_types import CaseMetrics, SegmentationResult
-from service.settings import Settings
+from service.settings import Settings, body_threshold_hu
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class Segmenter:
                     volume,
                     target_spacing=tuple(self.manifest.target_spacing_mm),
                     hu_window=tuple(self.manifest.hu_window),
-                    body_threshold_hu=self._body_threshold_hu(),
+                    body_threshold_hu=body_threshold_hu(self.settings.body_threshold_hu, self.manifest.hu_window),
                     body_margin_mm=self.settings.body_margin_mm,
                     crop_to=self.settings.crop_to,
                     device=self.device,
@@ -161,12 +161,6 @@ class Segmenter:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             metrics.seconds[name] = round(time.perf_counter() - start, 4)
-
-    def _body_threshold_hu(self) -> float:
-        """The body crop's HU threshold: the setting, or else the model's HU window low end."""
-        if self.settings.body_threshold_hu is not None:
-            return float(self.settings.body_threshold_hu)
-        return float(self.manifest.hu_window[0])
 
     def _window_batch_size(self) -> int:
         if self.settings.sw_batch_size:

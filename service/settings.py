@@ -3,6 +3,7 @@ use the ``SWINXSEG_`` prefix (e.g. ``SWINXSEG_GPU_MEM_CAP_MB=4096``). Nothing is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -65,3 +66,8 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_json: bool = False
+
+
+def body_threshold_hu(setting: float | None, hu_window: Sequence[float]) -> float:
+    """The crop's HU threshold: ``SWINXSEG_BODY_THRESHOLD_HU`` if set, else the model's HU window low end."""
+    return float(setting if setting is not None else hu_window[0])

@@ -44,17 +44,16 @@ class PreprocessParams:
     def service_defaults(cls) -> PreprocessParams:
         """The values a default ``Settings`` + ``ModelManifest`` serve with, read from their fields."""
         from service.manifest import ModelManifest
-        from service.settings import Settings
+        from service.settings import Settings, body_threshold_hu
 
         def default(model, name):
             return model.model_fields[name].get_default(call_default_factory=True)
 
         window = tuple(default(ModelManifest, "hu_window"))
-        threshold = default(Settings, "body_threshold_hu")  # None: the window's low end, as served
         return cls(
             target_spacing=tuple(default(ModelManifest, "target_spacing_mm")),
             hu_window=window,
-            body_threshold_hu=float(threshold if threshold is not None else window[0]),
+            body_threshold_hu=body_threshold_hu(default(Settings, "body_threshold_hu"), window),
             body_margin_mm=float(default(Settings, "body_margin_mm")),
             crop_to=str(default(Settings, "crop_to")),
         )

@@ -370,10 +370,10 @@ class _ReorderedPredictor:
     """A predictor seen in slab axis order: batches go back to (X, Y, Z) for the network, and its
     logits come back as a view in slab order (no copy of the 15-channel output)."""
 
-    def __init__(self, predictor: Predictor, order: Triple) -> None:
+    def __init__(self, predictor: Predictor, order: Triple, inverse: Triple) -> None:
         self.inner = predictor
         self.out_channels, self.device, self.name = predictor.out_channels, predictor.device, predictor.name
-        self.to_xyz = (0, 1, *(2 + int(i) for i in np.argsort(order)))
+        self.to_xyz = (0, 1, *(2 + a for a in inverse))
         self.to_slab = (0, 1, *(2 + a for a in order))
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -384,8 +384,8 @@ class _ReorderedPredictor:
 class _ReorderedBody:
     """``body.touches`` for boxes given in slab axis order."""
 
-    def __init__(self, body: BodyRegion, order: Triple) -> None:
-        self.body, self.inverse = body, tuple(int(i) for i in np.argsort(order))
+    def __init__(self, body: BodyRegion, inverse: Triple) -> None:
+        self.body, self.inverse = body, inverse
 
     def touches(self, start: Triple, stop: Triple) -> bool:
         return self.body.touches(_permute_triple(start, self.inverse), _permute_triple(stop, self.inverse))
@@ -437,11 +437,12 @@ def sliding_window_labels(
 
     axis = stream_axis(shape, roi_t)
     order = _axis_order(axis)
+    inverse: Triple = tuple(int(i) for i in np.argsort(order))  # type: ignore[assignment]
     if axis != 2:
         # Everything below works in slab order (streamed axis last) on views of the inputs.
         image = image.permute(order)
-        predictor = _ReorderedPredictor(predictor, order)
-        body = None if body is None else _ReorderedBody(body, order)
+        predictor = _ReorderedPredictor(predictor, order, inverse)
+        body = None if body is None else _ReorderedBody(body, inverse)
         shape, roi_t = _permute_triple(shape, order), _permute_triple(roi_t, order)
 
     windows, skipped = _split_by_body(window_grid(shape, roi_t, overlap), body)
@@ -468,7 +469,6 @@ def sliding_window_labels(
         slab.nbytes / 2**20,
         acc_device,
     )
-    inverse = tuple(int(i) for i in np.argsort(order))
     if output == "labels":
         labels, scores = np.ascontiguousarray(sink.array.transpose(inverse)), None
     else:
