@@ -95,6 +95,63 @@ def test_labels_agree_with_organ_sized_blocks(spacing, shape, blocks, offsets, m
     assert (restored == labels).mean() >= min_agreement
 
 
+@pytest.mark.parametrize(
+    ("spacing", "storage"),
+    [
+        ((2.5, 1.5, 0.5), "ras"),  # every other 2.5 mm / 1.5 mm slice centre is a tie
+        ((0.78125, 3.0, 1.25), "lps"),
+        ((0.625, 0.9765625, 2.5), "ras"),  # typical in-plane grids tie too, less often
+    ],
+)
+def test_nearest_undo_breaks_ties_as_monai_invertd_does(spacing, storage):
+    """The reference pipeline's ``Invertd`` decides exact ties by its float64 grid arithmetic, not
+    by a rounding rule; the undo must pick the same voxel everywhere, ties included."""
+    monai_transforms = pytest.importorskip("monai.transforms")
+    from monai.data import MetaTensor
+
+    from service.geometry.resample import ResampleRecord
+
+    shape = (23, 19, 17)
+    flips = (-1.0, -1.0, 1.0) if storage == "lps" else (1.0, 1.0, 1.0)
+    affine = np.diag([*(f * s for f, s in zip(flips, spacing, strict=True)), 1.0])
+    affine[:3, 3] = (-40.3, 12.0, 5.5)
+    chain = monai_transforms.Compose(
+        [
+            monai_transforms.Orientationd(
+                keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))
+            ),
+            monai_transforms.Spacingd(keys="image", pixdim=(1.0, 1.0, 1.0), mode="bilinear"),
+        ]
+    )
+    data = chain({"image": MetaTensor(torch.zeros(1, *shape), affine=torch.as_tensor(affine))})
+    shape_out = tuple(data["image"].shape[1:])
+    assert shape_out == resampled_shape(shape, spacing, (1.0, 1.0, 1.0))
+    record = ResampleRecord(tuple(spacing), (1.0, 1.0, 1.0), shape, shape_out)
+    for axis in range(3):
+        # Each resampled voxel holds its own index along ``axis``: the undo shows which one it read.
+        line = [1, 1, 1]
+        line[axis] = shape_out[axis]
+        index_volume = np.broadcast_to(np.arange(shape_out[axis]).reshape(line), shape_out).copy()
+        data["pred"] = data["image"].clone()
+        data["pred"][0] = torch.as_tensor(index_volume, dtype=torch.float32)
+        inverted = monai_transforms.Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=True)(
+            data
+        )["pred"][0]
+        expected = np.flip(inverted.numpy(), axis=(0, 1)) if storage == "lps" else inverted.numpy()
+        ours = restore_labels_nearest(index_volume, record)
+        np.testing.assert_array_equal(ours, np.rint(expected).astype(ours.dtype))
+
+
+def test_nearest_undo_ties_are_not_half_to_even():
+    """9 slices of 2.5 mm on a 1 mm grid of 21: slice centres 2.5, 7.5, 12.5, 17.5 mm are ties.
+    MONAI's Invertd (checked above) sends 2.5 up to 3 where half-to-even would give 2."""
+    from service.geometry.resample import nearest_indices
+
+    np.testing.assert_array_equal(nearest_indices(9, 21, 2.5), [0, 3, 5, 8, 10, 12, 15, 18, 20])
+    # Away from ties it is plain rounding, clamped to the grid.
+    np.testing.assert_array_equal(nearest_indices(6, 4, 0.7), [0, 1, 1, 2, 3, 3])
+
+
 def test_output_shape_formula_and_untouched_axes():
     assert resampled_shape((10, 10, 10), (1.0, 2.0, 0.7), (1.0, 1.0, 1.0)) == (10, 19, 7)
     assert resampled_shape((1, 5, 5), (3.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (1, 5, 5)
