@@ -41,6 +41,7 @@ CONFIG_OPTIONS = (
     "flip_axes",
     "intensity_prob",
     "dice",
+    "precision",
     "val_interval",
     "val_overlap",
     "checkpoint_interval",
@@ -120,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dice",
         choices=("batch", "sample"),
         help="Dice pooled over the batch without numerator smoothing (default), or per patch (MONAI's default)",
+    )
+    recipe.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        help="network arithmetic while training: fp32 (default) or bf16 autocast, about 2x faster on "
+        "CPUs with AVX512-BF16/AMX and slower on those without",
     )
     recipe.add_argument("--val-interval", type=int, help="validate every N steps (default 250)")
     recipe.add_argument("--val-overlap", type=float, help="sliding-window overlap when validating (0.25)")

@@ -186,6 +186,21 @@ def test_batch_dice_leaves_absent_classes_to_the_cross_entropy():
         _config(dice="pixel")
 
 
+def test_bf16_precision_runs_the_network_in_bfloat16_and_keeps_float32_weights(tmp_path, cases):
+    trainer = Trainer(_config(steps=2, precision="bf16"), cases[:2], [], tmp_path)
+    seen = set()
+    convolution = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv3d))
+    convolution.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+    result = trainer.run()
+    assert seen == {torch.bfloat16}
+    assert all(math.isfinite(v) for v in _losses(result.history))
+    state = torch.load(result.last, weights_only=True)
+    assert state["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in state["state_dict"].values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _config(precision="fp16")
+
+
 def test_runs_saved_before_the_dice_option_resume_with_per_patch_dice():
     from argparse import Namespace
 
