@@ -38,6 +38,7 @@ CONFIG_OPTIONS = (
     "min_lr_ratio",
     "positive",
     "negative",
+    "label_weights",
     "flip_axes",
     "intensity_prob",
     "dice",
@@ -111,6 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     recipe.add_argument("--negative", type=int, help="negative (anywhere) share of patches (default 1)")
     recipe.add_argument(
+        "--label-weights",
+        type=_label_weights,
+        help="how often each label is drawn as a positive centre, e.g. '2:3,7:3,8:3,13:3' "
+        "(unlisted labels weigh 1; default all equal)",
+    )
+    recipe.add_argument(
         "--flip-axes",
         type=_axes,
         help="axes to flip at random, e.g. '1,2'; default none. "
@@ -142,6 +149,15 @@ def _axes(text: str) -> tuple[int, ...]:
         return tuple(int(a) for a in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated axes like '1,2', got {text!r}") from None
+
+
+def _label_weights(text: str) -> dict[int, float]:
+    try:
+        pairs = [item.split(":") for item in text.split(",") if item.strip()]
+        weights = {int(label): float(weight) for label, weight in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected label:weight pairs like '2:3,7:3', got {text!r}") from None
+    return weights  # TrainConfig checks the values
 
 
 def _data_spec(args: argparse.Namespace) -> dict | None:

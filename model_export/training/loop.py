@@ -59,6 +59,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     positive: int = 2
     negative: int = 1
+    label_weights: dict[int, float] = field(default_factory=dict)
     flip_axes: tuple[int, ...] = ()
     intensity_prob: float = 0.5
     dice: str = "batch"
@@ -91,6 +92,11 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
+        # JSON (the checkpoint's config) turns the label keys into strings.
+        weights = {int(label): float(w) for label, w in self.label_weights.items()}
+        if any(w <= 0 for w in weights.values()):
+            raise ValueError(f"label weights must be > 0, got {weights}")
+        object.__setattr__(self, "label_weights", weights)
 
     def to_dict(self) -> dict:
         """Plain JSON-able types (tuples become lists), as stored in checkpoints."""
@@ -217,6 +223,7 @@ class Trainer:
             negative=config.negative,
             seed=config.seed,
             augment=AugmentConfig(flip_axes=config.flip_axes, intensity_prob=config.intensity_prob),
+            label_weights=config.label_weights,
         )
         self.loss_fn = dice_ce_loss(config.dice)
         self.step = 0

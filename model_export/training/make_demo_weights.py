@@ -71,12 +71,16 @@ def command_for(config: dict) -> str:
     elif data.get("kind") == "folders":
         parts += ["--images", data["images"], "--labels", data["labels"], "--val-count", data["val_count"]]
     parts += ["--out", "runs/demo_train"]
-    # The run's recipe options, in the CLI's own order; flip axes and --init need their own
-    # formatting below, and the log interval does not change the result.
-    options = [name for name in CONFIG_OPTIONS if name not in ("flip_axes", "init", "log_interval")]
+    # The run's recipe options, in the CLI's own order; label weights, flip axes and --init need
+    # their own formatting below, and the log interval does not change the result.
+    special = ("label_weights", "flip_axes", "init", "log_interval")
+    options = [name for name in CONFIG_OPTIONS if name not in special]
     for name in options:
         if config.get(name) is not None:
             parts += [f"--{name.replace('_', '-')}", config[name]]
+    if config.get("label_weights"):
+        weights = sorted((int(label), float(w)) for label, w in config["label_weights"].items())
+        parts += ["--label-weights", ",".join(f"{label}:{w:g}" for label, w in weights)]
     if config.get("flip_axes"):
         parts += ["--flip-axes", ",".join(str(a) for a in config["flip_axes"])]
     if config.get("init"):

@@ -47,6 +47,8 @@ def test_model_card_command_reproduces_the_run_config():
         steps=1500,
         lr=4e-4,
         threads=1,
+        label_weights={2: 3.0, 7: 2.5},
+        precision="bf16",
         data={
             "kind": "phantoms",
             "count": 32,

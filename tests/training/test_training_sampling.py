@@ -42,6 +42,31 @@ def test_every_present_label_is_drawn_about_equally_often():
     assert counts[2] > 70
 
 
+def test_label_weights_make_a_label_proportionally_more_frequent():
+    image, labels = _volume()
+    sampler = PatchSampler(
+        [image],
+        [labels],
+        patch_size=8,
+        positive=1,
+        negative=0,
+        seed=0,
+        augment=AugmentConfig(intensity_prob=0.0),
+        label_weights={7: 6.0},  # 6 / (6 + 1 + 1 + 1) of the draws
+    )
+    draws = 450
+    counts = {label: 0 for label in (1, 2, 7)}
+    for _ in range(draws):
+        _, patch = sampler.next_batch(1)
+        centre = int(patch[0, 0, 4, 4, 4])
+        if centre in counts:
+            counts[centre] += 1
+    assert 0.58 * draws < counts[7] < 0.75 * draws, counts
+    assert counts[2] < 0.2 * draws and counts[1] < 0.2 * draws, counts
+    with pytest.raises(ValueError, match="label weights must be > 0"):
+        PatchSampler([image], [labels], patch_size=8, label_weights={7: 0.0})
+
+
 def test_patches_have_the_requested_shape_even_for_small_cases():
     image, labels = _volume(shape=(20, 18, 16))
     sampler = PatchSampler([image], [labels], patch_size=32, seed=1)
