@@ -191,8 +191,20 @@ def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: fl
         f"at step {config['steps']}",
         f"{config['patch_size']}^3 patches, batch {config['batch_size']}, "
         f"{config['positive']} positive : {config['negative']} negative centres; positive centres drawn "
-        "per label (uniformly among the labels present), so the adrenals, gallbladder and esophagus "
-        "are seen as often as the liver",
+        "per label, so the adrenals, gallbladder and esophagus are seen at least as often as the liver"
+        + (
+            " (label weights "
+            + ", ".join(f"{label}: {w:g}" for label, w in sorted((int(k), v) for k, v in weights.items()))
+            + ", others 1)"
+            if (weights := config.get("label_weights"))
+            else " (uniformly among the labels present)"
+        ),
+        "network arithmetic while training: "
+        + (
+            "bfloat16 autocast (`--precision bf16`; weights, optimizer and loss float32)"
+            if config.get("precision") == "bf16"
+            else "float32"
+        ),
         f"random intensity scale/shift (p {config['intensity_prob']:g}); "
         + (
             f"flips on axes {config['flip_axes']}"
