@@ -39,6 +39,7 @@ CONFIG_OPTIONS = (
     "positive",
     "negative",
     "label_weights",
+    "class_weights",
     "flip_axes",
     "intensity_prob",
     "dice",
@@ -116,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_label_weights,
         help="how often each label is drawn as a positive centre, e.g. '2:3,7:3,8:3,13:3' "
         "(unlisted labels weigh 1; default all equal)",
+    )
+    recipe.add_argument(
+        "--class-weights",
+        type=_label_weights,
+        help="loss weight per class (cross-entropy and Dice), e.g. '7:8,8:8' for small organs the "
+        "network has not found yet (unlisted classes weigh 1)",
     )
     recipe.add_argument(
         "--flip-axes",

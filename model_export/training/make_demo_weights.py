@@ -73,14 +73,15 @@ def command_for(config: dict) -> str:
     parts += ["--out", "runs/demo_train"]
     # The run's recipe options, in the CLI's own order; label weights, flip axes and --init need
     # their own formatting below, and the log interval does not change the result.
-    special = ("label_weights", "flip_axes", "init", "log_interval")
+    special = ("label_weights", "class_weights", "flip_axes", "init", "log_interval")
     options = [name for name in CONFIG_OPTIONS if name not in special]
     for name in options:
         if config.get(name) is not None:
             parts += [f"--{name.replace('_', '-')}", config[name]]
-    if config.get("label_weights"):
-        weights = sorted((int(label), float(w)) for label, w in config["label_weights"].items())
-        parts += ["--label-weights", ",".join(f"{label}:{w:g}" for label, w in weights)]
+    for name in ("label_weights", "class_weights"):
+        if config.get(name):
+            weights = sorted((int(label), float(w)) for label, w in config[name].items())
+            parts += [f"--{name.replace('_', '-')}", ",".join(f"{label}:{w:g}" for label, w in weights)]
     if config.get("flip_axes"):
         parts += ["--flip-axes", ",".join(str(a) for a in config["flip_axes"])]
     if config.get("init"):
@@ -199,6 +200,11 @@ def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: fl
             if (weights := config.get("label_weights"))
             else " (uniformly among the labels present)"
         ),
+        "loss weights "
+        + ", ".join(f"{label}: {w:g}" for label, w in sorted((int(k), v) for k, v in cw.items()))
+        + ", others 1 (cross-entropy and Dice)"
+        if (cw := config.get("class_weights"))
+        else "all classes weigh 1 in the loss",
         "network arithmetic while training: "
         + (
             "bfloat16 autocast (`--precision bf16`; weights, optimizer and loss float32)"

@@ -48,6 +48,7 @@ def test_model_card_command_reproduces_the_run_config():
         lr=4e-4,
         threads=1,
         label_weights={2: 3.0, 7: 2.5},
+        class_weights={7: 8.0, 8: 8.0},
         precision="bf16",
         data={
             "kind": "phantoms",

@@ -201,6 +201,27 @@ def test_bf16_precision_runs_the_network_in_bfloat16_and_keeps_float32_weights(t
         _config(precision="fp16")
 
 
+def test_class_weights_scale_a_missed_class_gradient_in_the_loss():
+    from model_export.training.loop import dice_ce_loss
+
+    labels = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
+    labels[:, :, 2:4, 2:4, 2:4] = 7  # a small organ the network still calls background
+    logits = torch.zeros(1, 15, 8, 8, 8)
+    logits[:, 0] = 6.0
+
+    def gradient_on_the_organ(class_weights):
+        x = logits.clone().requires_grad_(True)
+        dice_ce_loss("batch", class_weights, 15)(x, labels).backward()
+        return float(x.grad[0, 7][labels[0, 0] == 7].sum())
+
+    plain, weighted = gradient_on_the_organ(None), gradient_on_the_organ({7: 8.0})
+    assert plain < 0 and weighted < 3 * plain  # pushes the organ's logits up, several times harder
+    with pytest.raises(ValueError, match="class weights: labels must be in 0..14"):
+        _config(class_weights={15: 2.0})
+    with pytest.raises(ValueError, match="class weights must be > 0"):
+        _config(class_weights={7: -1.0})
+
+
 def test_runs_saved_before_the_dice_option_resume_with_per_patch_dice():
     from argparse import Namespace
 
