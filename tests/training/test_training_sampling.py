@@ -20,7 +20,8 @@ def _volume(shape=(64, 48, 40)):
     return image, labels
 
 
-def test_every_present_label_is_drawn_about_equally_often():
+def _centre_label_counts(draws: int, **sampler_options) -> dict[int, int]:
+    """Positive-only 8^3 patches from ``_volume``: how often each label sits at the patch centre."""
     image, labels = _volume()
     sampler = PatchSampler(
         [image],
@@ -30,39 +31,30 @@ def test_every_present_label_is_drawn_about_equally_often():
         negative=0,
         seed=0,
         augment=AugmentConfig(intensity_prob=0.0),
+        **sampler_options,
     )
     counts = {label: 0 for label in (1, 2, 7, 13)}
-    for _ in range(400):
+    for _ in range(draws):
         _, patch = sampler.next_batch(1)
-        centre = int(patch[0, 0, 4, 4, 4])  # a positive patch's centre voxel is its label...
+        centre = int(patch[0, 0, 4, 4, 4])  # a positive patch's centre voxel is its label
         if centre in counts:
             counts[centre] += 1
-    # ...except where the patch was shifted inside the volume (label 13 touches the border).
+    return counts
+
+
+def test_every_present_label_is_drawn_about_equally_often():
+    counts = _centre_label_counts(400)
+    # Label 13 touches the border: its patches are shifted inside the volume, off its voxels.
     assert counts[7] > 70 and counts[1] < 150, counts
     assert counts[2] > 70
 
 
 def test_label_weights_make_a_label_proportionally_more_frequent():
-    image, labels = _volume()
-    sampler = PatchSampler(
-        [image],
-        [labels],
-        patch_size=8,
-        positive=1,
-        negative=0,
-        seed=0,
-        augment=AugmentConfig(intensity_prob=0.0),
-        label_weights={7: 6.0},  # 6 / (6 + 1 + 1 + 1) of the draws
-    )
     draws = 450
-    counts = {label: 0 for label in (1, 2, 7)}
-    for _ in range(draws):
-        _, patch = sampler.next_batch(1)
-        centre = int(patch[0, 0, 4, 4, 4])
-        if centre in counts:
-            counts[centre] += 1
+    counts = _centre_label_counts(draws, label_weights={7: 6.0})  # 6 / (6 + 1 + 1 + 1) of the draws
     assert 0.58 * draws < counts[7] < 0.75 * draws, counts
     assert counts[2] < 0.2 * draws and counts[1] < 0.2 * draws, counts
+    image, labels = _volume()
     with pytest.raises(ValueError, match="label weights must be > 0"):
         PatchSampler([image], [labels], patch_size=8, label_weights={7: 0.0})
 
