@@ -49,6 +49,11 @@ EVAL_GRIDS: tuple[EvalGrid, ...] = (
 )
 
 
+def _weight_pairs(weights: dict) -> list[tuple[int, float]]:
+    """Per-label weights from a checkpoint's config (JSON made the labels strings), by label."""
+    return sorted((int(label), float(w)) for label, w in weights.items())
+
+
 def command_for(config: dict) -> str:
     """The ``swinxseg train`` command line that reproduces a run from its checkpoint ``config``."""
     data = config.get("data", {})
@@ -71,7 +76,7 @@ def command_for(config: dict) -> str:
     elif data.get("kind") == "folders":
         parts += ["--images", data["images"], "--labels", data["labels"], "--val-count", data["val_count"]]
     parts += ["--out", "runs/demo_train"]
-    # The run's recipe options, in the CLI's own order; label weights, flip axes and --init need
+    # The run's recipe options, in the CLI's own order; label and class weights, flip axes and --init need
     # their own formatting below, and the log interval does not change the result.
     special = ("label_weights", "class_weights", "flip_axes", "init", "log_interval")
     options = [name for name in CONFIG_OPTIONS if name not in special]
@@ -80,8 +85,8 @@ def command_for(config: dict) -> str:
             parts += [f"--{name.replace('_', '-')}", config[name]]
     for name in ("label_weights", "class_weights"):
         if config.get(name):
-            weights = sorted((int(label), float(w)) for label, w in config[name].items())
-            parts += [f"--{name.replace('_', '-')}", ",".join(f"{label}:{w:g}" for label, w in weights)]
+            pairs = _weight_pairs(config[name])
+            parts += [f"--{name.replace('_', '-')}", ",".join(f"{label}:{w:g}" for label, w in pairs)]
     if config.get("flip_axes"):
         parts += ["--flip-axes", ",".join(str(a) for a in config["flip_axes"])]
     if config.get("init"):
@@ -195,13 +200,13 @@ def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: fl
         "per label, so the adrenals, gallbladder and esophagus are seen at least as often as the liver"
         + (
             " (label weights "
-            + ", ".join(f"{label}: {w:g}" for label, w in sorted((int(k), v) for k, v in weights.items()))
+            + ", ".join(f"{label}: {w:g}" for label, w in _weight_pairs(weights))
             + ", others 1)"
             if (weights := config.get("label_weights"))
             else " (uniformly among the labels present)"
         ),
         "loss weights "
-        + ", ".join(f"{label}: {w:g}" for label, w in sorted((int(k), v) for k, v in cw.items()))
+        + ", ".join(f"{label}: {w:g}" for label, w in _weight_pairs(cw))
         + ", others 1 (cross-entropy and Dice)"
         if (cw := config.get("class_weights"))
         else "all classes weigh 1 in the loss",
