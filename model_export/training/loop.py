@@ -245,10 +245,27 @@ class Trainer:
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_schedule_settings()
         self.sampler.load_state_dict(restore_rng(state["rng"]))
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best") or self.best)
+
+    def _apply_schedule_settings(self) -> None:
+        """Make the restored optimizer follow this run's config, not the checkpoint's.
+
+        The optimizer and scheduler state dicts carry their own peak lr (``base_lrs``,
+        ``initial_lr``), weight decay and the lr of the next step, computed on the old schedule.
+        Left alone, a resume with a new ``--lr``, ``--weight-decay`` or ``--steps`` would record
+        the new values in its config and silently train with the old ones.
+        """
+        c = self.config
+        factor = self._lr_lambda(self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [c.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = c.lr
+            group["weight_decay"] = c.weight_decay
+            group["lr"] = c.lr * factor
 
     # ------------------------------------------------------------------ running
     def run(self, *, until: int | None = None, should_stop: Callable[[], bool] | None = None) -> TrainResult:

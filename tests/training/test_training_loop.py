@@ -112,6 +112,20 @@ def test_stop_request_saves_and_resume_picks_up(tmp_path, cases):
     assert load_training_state(tmp_path)["step"] == 3
 
 
+def test_resume_trains_with_a_changed_lr_weight_decay_and_length(tmp_path, cases):
+    # The optimizer and scheduler state carry the old peak lr and weight decay; a resume that
+    # changes them (or stretches --steps) must train with what its config now says.
+    first = train(_config(steps=6, lr=1e-3), cases[:2], [], tmp_path, until=3)
+    assert first.step == 3
+    changed = _config(steps=10, lr=4e-4, weight_decay=0.05)
+    trainer = Trainer(changed, cases[:2], [], tmp_path, resume_state=load_training_state(tmp_path))
+    record = trainer.train_step()
+    expected = 4e-4 * lr_factor(3, warmup_steps=4, total_steps=10)
+    assert record["step"] == 4 and record["lr"] == pytest.approx(expected, rel=1e-9)
+    assert [g["weight_decay"] for g in trainer.optimizer.param_groups] == [0.05]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(4e-4 * lr_factor(4, warmup_steps=4, total_steps=10))
+
+
 def test_validation_reports_dice_per_label_and_keeps_best(tmp_path, cases):
     result = train(_config(steps=2, val_interval=2), cases[:2], cases[2:], tmp_path)
     validations = [r for r in result.history if "val_dice" in r]
