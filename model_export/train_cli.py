@@ -140,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("fp32", "bf16"),
         help="network arithmetic while training: fp32 (default) or bf16 autocast, about 2x faster on "
-        "CPUs with AVX512-BF16/AMX and slower on those without",
+        "CPUs with AVX512-BF16/AMX and slower on those without; convolutions whose bf16 gradients "
+        "this CPU gets wrong are found at start and kept in fp32",
     )
     recipe.add_argument("--val-interval", type=int, help="validate every N steps (default 250)")
     recipe.add_argument("--val-overlap", type=float, help="sliding-window overlap when validating (0.25)")

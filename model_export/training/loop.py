@@ -30,14 +30,13 @@ from model_export.training.checkpointing import (
 )
 from model_export.training.data import PreparedCase, PreprocessParams
 from model_export.training.evaluate import evaluate_cases, mean_dice
+from model_export.training.precision import PRECISIONS, autocast, guard_bf16_convolutions
 from model_export.training.sampling import AugmentConfig, PatchSampler
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
 DICE_MODES = ("batch", "sample")
-# Forward-pass arithmetic while training (validation and export stay float32).
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -215,6 +214,11 @@ class Trainer:
         # A resumed run takes its weights from the checkpoint; the --init file may be gone by now.
         self.model = build_model(config, load_init=resume_state is None)
         self.model.train()
+        # Convolutions whose bfloat16 gradients this CPU gets wrong train in float32 (see precision).
+        self.float32_convolutions: list[str] = []
+        if config.precision == "bf16":
+            patch = (config.batch_size, self.model.config.in_channels) + (config.patch_size,) * 3
+            self.float32_convolutions = guard_bf16_convolutions(self.model, patch)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
@@ -326,7 +330,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # bf16 autocast runs the network's matmuls and convolutions in bfloat16 (weights, optimizer
         # and loss stay float32): about half the step time on CPUs with AVX512-BF16 or AMX.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+        with autocast(self.config.precision):
             logits = self.model(images)
         loss = self.loss_fn(logits.float(), labels)
         if not torch.isfinite(loss):
@@ -334,6 +338,7 @@ class Trainer:
                 f"loss is {loss.item()} at step {self.step + 1}; lower --lr or check the labels"
             )
         loss.backward()
+        self._refuse_non_finite_gradients()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -345,6 +350,16 @@ class Trainer:
         }
         self._record(record)
         return record
+
+    def _refuse_non_finite_gradients(self) -> None:
+        """Stop before a NaN or inf gradient reaches the weights (and from there ``last.pt``)."""
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(
+                f"gradient norm is {norm.item()} at step {self.step + 1}; the weights and "
+                f"{LAST_NAME} are left as they were: resume, lower --lr or train with --precision fp32"
+            )
 
     def validate(self) -> dict:
         """Whole-case sliding-window Dice per label on the validation cases; keeps ``best.pt``."""
