@@ -98,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--steps", type=int, help="optimizer steps in total (default 1000)")
     run.add_argument("--seed", type=int, help="seed of the weights and the patch sampler (default 0)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="where the network trains: auto (CUDA when available, the default), cpu, cuda or cuda:N; "
+        "not part of the run's config, so a run may resume on another device",
+    )
 
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--patch-size", type=int, help="cubic patch side, multiple of 32 (default 96)")
@@ -270,12 +276,23 @@ class _StopFlag:
         self.requested = True
 
 
+def _training_device(name: str):
+    """``--device`` resolved as the service resolves its own (``auto``: CUDA when available)."""
+    from service.inference.predictors import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise InvalidInputError(f"--device: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``swinxseg train``; returns the exit code."""
     from model_export.training.checkpointing import load_training_state, resolve_checkpoint_path
     from model_export.training.data import load_cases
     from model_export.training.loop import train
 
+    device = _training_device(args.device)
     state = load_training_state(args.resume) if args.resume else None
     config = resolve_config(args, state["config"] if state else None)
     out_dir = args.out or (resolve_checkpoint_path(args.resume).parent if args.resume else None)
@@ -304,7 +321,14 @@ def run(args: argparse.Namespace) -> int:
     stop = _StopFlag()
     stop.install()
     result = train(
-        config, train_cases, val_cases, out_dir, resume_state=state, until=args.pause_at, should_stop=stop
+        config,
+        train_cases,
+        val_cases,
+        out_dir,
+        resume_state=state,
+        until=args.pause_at,
+        should_stop=stop,
+        device=device,
     )
     losses = [r["loss"] for r in result.history if "loss" in r]
     print(

@@ -78,10 +78,14 @@ def training_state(
     history: list[dict],
     best: dict,
 ) -> dict:
-    """The checkpoint payload (see the module docstring) after ``step`` optimizer steps."""
+    """The checkpoint payload (see the module docstring) after ``step`` optimizer steps.
+
+    Tensors are CPU copies whatever the training device, so a GPU run's checkpoint loads (and
+    exports) on a machine without one.
+    """
     return {
-        "state_dict": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "state_dict": _on_cpu(model.state_dict()),
+        "optimizer": _on_cpu(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
         "step": int(step),
         "rng": capture_rng(sampler_state),
@@ -89,6 +93,20 @@ def training_state(
         "history": history,
         "best": best,
     }
+
+
+def _on_cpu(value):
+    """``value`` with every tensor inside its dicts, lists and tuples moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        moved = type(value)((key, _on_cpu(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a module state_dict's per-layer versions, kept for loading
+            moved._metadata = value._metadata
+        return moved
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def resolve_checkpoint_path(path_or_dir: str | Path) -> Path:

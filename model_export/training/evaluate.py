@@ -77,9 +77,10 @@ def predict_case(
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         logits = sliding_window_inference(
-            image.float()[None, None],
+            image.float()[None, None].to(device),
             roi_size=tuple(int(r) for r in roi),
             sw_batch_size=sw_batch_size,
             predictor=model,
@@ -89,7 +90,7 @@ def predict_case(
         )
     finally:
         model.train(was_training)
-    return logits[0].argmax(dim=0).to(torch.uint8)
+    return logits[0].argmax(dim=0).to(torch.uint8).cpu()
 
 
 def evaluate_cases(

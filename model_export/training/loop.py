@@ -194,6 +194,8 @@ class Trainer:
             in which case ``best.pt`` is not written.
         out_dir: where ``last.pt``, ``best.pt`` and ``log.jsonl`` go.
         resume_state: a loaded training checkpoint to continue from.
+        device: where the network trains (``cpu`` or a CUDA device); patches are sampled on the CPU.
+            A run may move between devices on resume; checkpoints always hold CPU tensors.
     """
 
     def __init__(
@@ -204,15 +206,17 @@ class Trainer:
         out_dir: str | Path,
         *,
         resume_state: dict | None = None,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.config = config
+        self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.val_cases = list(val_cases)
         if config.threads:
             torch.set_num_threads(config.threads)
         _seed_everything(config.seed)
         # A resumed run takes its weights from the checkpoint; the --init file may be gone by now.
-        self.model = build_model(config, load_init=resume_state is None)
+        self.model = build_model(config, load_init=resume_state is None).to(self.device)
         self.model.train()
         # Convolutions whose bfloat16 gradients this CPU gets wrong train in float32 (see precision).
         self.float32_convolutions: list[str] = []
@@ -283,12 +287,14 @@ class Trainer:
         recent: list[float] = []
         interval_start = time.perf_counter()
         log.info(
-            "training from step %d to %d of %d (patch %d, batch %d)",
+            "training from step %d to %d of %d (patch %d, batch %d, %s on %s)",
             self.step,
             end,
             c.steps,
             c.patch_size,
             c.batch_size,
+            c.precision,
+            self.device,
         )
         while self.step < end:
             record = self.train_step()
@@ -326,11 +332,13 @@ class Trainer:
         """One optimizer step on one sampled batch; returns (and logs) its record."""
         started = time.perf_counter()
         images, labels = self.sampler.next_batch(self.config.batch_size)
+        images, labels = images.to(self.device), labels.to(self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         # bf16 autocast runs the network's matmuls and convolutions in bfloat16 (weights, optimizer
-        # and loss stay float32): about half the step time on CPUs with AVX512-BF16 or AMX.
-        with autocast(self.config.precision):
+        # and loss stay float32): about half the step time on CPUs with AVX512-BF16 or AMX, and
+        # on GPUs with bfloat16 tensor cores.
+        with autocast(self.config.precision, self.device.type):
             logits = self.model(images)
         loss = self.loss_fn(logits.float(), labels)
         if not torch.isfinite(loss):
@@ -461,7 +469,8 @@ def train(
     resume_state: dict | None = None,
     until: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Run (or continue) a training run; see ``Trainer`` and ``Trainer.run``."""
-    trainer = Trainer(config, train_cases, val_cases, out_dir, resume_state=resume_state)
+    trainer = Trainer(config, train_cases, val_cases, out_dir, resume_state=resume_state, device=device)
     return trainer.run(until=until, should_stop=should_stop)

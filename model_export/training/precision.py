@@ -5,10 +5,11 @@ and PyTorch builds for some input shapes. With PyTorch 2.13 (CPU build, AVX512-B
 whose depth is 2 voxels came back off by a factor of up to 1e36 (occasionally NaN), while the
 forward pass and the input gradient were right. In Swin-X Seg that depth occurs at the deepest
 levels of a 32^3 or 64^3 patch, so those layers trained on garbage without any error, or the run
-died on a NaN loss a few hundred steps in. Which shapes fail depends on the CPU and the build, so
-rather than a list of known-bad shapes, the trainer measures: before the first step it replays
-every convolution signature of the network in bfloat16 and in float32 and keeps the ones whose
-bfloat16 gradients disagree in float32 for the whole run (cheap: they are the small, deep layers).
+died on a NaN loss a few hundred steps in. Which shapes fail depends on the device and the build,
+so rather than a list of known-bad shapes, the trainer measures on the device it trains on:
+before the first step it replays every convolution signature of the network in bfloat16 and in
+float32 and keeps the ones whose bfloat16 gradients disagree in float32 for the whole run (cheap:
+they are the small, deep layers).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ GRADIENT_TOLERANCE = 0.05
 MAX_CHECKED_SIZE = 16
 
 
-def autocast(precision: str):
-    """The context a training forward pass runs in."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def autocast(precision: str, device_type: str = "cpu"):
+    """The context a training forward pass runs in, on a ``device_type`` ("cpu" or "cuda") model."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def convolution_inputs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> dict[str, torch.Size]:
@@ -60,7 +61,7 @@ def convolution_inputs(model: torch.nn.Module, input_shape: tuple[int, ...]) -> 
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(input_shape))
+            model(torch.zeros(input_shape, device=_device_of(model)))
     finally:
         model.train(was_training)
         for handle in handles:
@@ -78,13 +79,14 @@ def bf16_gradient_error(convolution: torch.nn.Module, input_shape: torch.Size, s
     with torch.no_grad():
         for parameter in probe.parameters():
             parameter.copy_(parameter.bfloat16().float())
+    device = _device_of(probe)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(input_shape, generator=generator).bfloat16().float()
+    x = torch.randn(input_shape, generator=generator).bfloat16().float().to(device)
     results = []
     for low_precision in (False, True):
         probe.zero_grad(set_to_none=True)
         inputs = x.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low_precision):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low_precision):
             out = probe(inputs)
         out.float().sum().backward()
         results.append([inputs.grad] + [p.grad for p in probe.parameters()])
@@ -96,6 +98,10 @@ def bf16_gradient_error(convolution: torch.nn.Module, input_shape: torch.Size, s
         if scale > 0:
             worst = max(worst, float((candidate - reference).abs().max()) / scale)
     return worst
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _signature(module: torch.nn.Module, shape: torch.Size) -> tuple:
@@ -137,7 +143,7 @@ class _Float32Forward:
     """Runs the convolution in float32 inside autocast regions (mixed into the layer's class)."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return super().forward(x.float(), *args, **kwargs)
 
 

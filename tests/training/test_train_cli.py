@@ -79,3 +79,28 @@ def test_cli_reports_bad_recipe_values(tmp_path, case_folders, capsys, bad):
     code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path), *bad])
     assert code == 2
     assert "train: error" in capsys.readouterr().err
+
+
+def test_cli_reports_a_device_it_cannot_train_on(tmp_path, case_folders, capsys):
+    images, labels = case_folders
+    data = ["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path)]
+    assert main([*data, "--device", "tpu"]) == 2
+    assert "--device: device must be auto, cpu or cuda[:N]" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*data, "--device", "cuda"]) == 3
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_run_writes_cpu_checkpoints_and_resumes_on_the_cpu(tmp_path, case_folders):
+    images, labels = case_folders
+    data = ["--images", str(images), "--labels", str(labels), "--out", str(tmp_path), *COMMON]
+    assert main(["train", *data, "--steps", "4", "--pause-at", "2", "--device", "cuda"]) == 0
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)  # no map_location: as saved
+    tensors = list(saved["state_dict"].values()) + [
+        t for s in saved["optimizer"]["state"].values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    assert main(["train", "--resume", str(tmp_path), "--device", "cpu"]) == 0
+    assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3, 4]

@@ -278,3 +278,14 @@ def test_runs_saved_before_the_dice_option_resume_with_per_patch_dice():
     )
     assert resolve_config(nothing_given, saved).dice == "sample"
     assert resolve_config(nothing_given, {**saved, "dice": "batch"}).dice == "batch"
+
+
+def test_checkpoint_tensors_are_cpu_copies_that_load_strictly(tmp_path, cases):
+    trainer = Trainer(_config(steps=2), cases[:2], [], tmp_path)
+    trainer.train_step()
+    path = trainer.save(tmp_path / "probe.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["state_dict"].keys() == trainer.model.state_dict().keys()
+    build_model(_config()).load_state_dict(state["state_dict"], strict=True)
+    moments = [t for s in state["optimizer"]["state"].values() for t in s.values() if torch.is_tensor(t)]
+    assert moments and all(t.device.type == "cpu" for t in moments)
