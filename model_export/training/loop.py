@@ -237,7 +237,7 @@ class Trainer:
             augment=AugmentConfig(flip_axes=config.flip_axes, intensity_prob=config.intensity_prob),
             label_weights=config.label_weights,
         )
-        self.loss_fn = dice_ce_loss(config.dice, config.class_weights, config.out_channels)
+        self.loss_fn = dice_ce_loss(config.dice, config.class_weights, config.out_channels).to(self.device)
         self.step = 0
         self.history: list[dict] = []
         self.best = {"step": 0, "mean_dice": float("-inf")}
