@@ -179,12 +179,21 @@ def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
 
 def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
     """The text of ``MODEL_CARD.md`` for a training checkpoint ``state`` and its evaluation ``results``."""
+    from model_export.training.evaluate import mean_dice
+    from service.labels import ORGAN_LABELS
+
     config = state["config"]
     data = config.get("data", {})
     parameters = sum(
         v.numel() for k, v in state["state_dict"].items() if v.is_floating_point() and "running_" not in k
     )
-    cases = ", ".join(f"{name} ({secs:.0f} s)" for _, rows in results.values() for name, _, secs in rows)
+    cases = "; ".join(
+        f"{name} ({title.split(' (')[0]}): {mean_dice(scores, ORGAN_LABELS):.3f} in {secs:.0f} s"
+        for title, (_, rows) in results.items()
+        for name, scores, secs in rows
+    )
+    per_grid = max((len(rows) for _, rows in results.values()), default=1)
+    evaluate_option = f" --cases-per-grid {per_grid}" if per_grid > 1 else ""
     recipe = [
         "Dice + cross-entropy (`monai.losses.DiceCELoss`, softmax, one-hot targets), "
         + (
@@ -254,20 +263,23 @@ nearest-neighbour map (`model_export.training.data.labels_to_model_grid`).
         + "\n".join(f"- {item}" for item in recipe)
         + f"""
 
-Reproduce (CPU; `weights/demo/TRAINING.md` has timings and how to pause and resume):
+The run's final settings (CPU). Settings changed between legs of the run, so this line alone
+does not reproduce it: `weights/demo/TRAINING.md` lists every leg, with timings and how to pause
+and resume.
 ```bash
 {command_for(config)}
-python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo
+python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo{evaluate_option}
 ```
 
 ## Held-out evaluation, through the service
 `service.segmenter.Segmenter` on the exported folder (CPU, default settings) over fresh phantoms
 (seeds from {EVAL_SEED_START}, never used in training or validation), each stored in the layout of its
-column; Dice per label on the input's own grid ("-": label absent from both masks):
+column; Dice per label on the input's own grid, averaged over that layout's cases ("-": label
+absent from both masks):
 
 {dice_table(results)}
 
-Cases: {cases}.
+Mean organ Dice (1-13) per case: {cases}.
 """
     )
 

@@ -83,3 +83,25 @@ def test_status_line_says_under_trained_below_the_target_in_any_layout():
     good = {1: 0.9, 2: 0.88}
     assert "under-trained" not in status_line({"RAS": (good, []), "LPS": (good, [])})
     assert "under-trained" in status_line({"RAS": (good, []), "LPS": ({1: 0.9, 2: 0.6}, [])})
+
+
+def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
+    from model_export.training.loop import TrainConfig
+    from model_export.training.make_demo_weights import EVAL_GRIDS, model_card
+
+    data = {"kind": "phantoms", "count": 4, "seed_start": 1000, "val_count": 1, "val_seed_start": 5000}
+    config = TrainConfig(data=data).to_dict()
+    state = {"config": config, "state_dict": {"w": torch.zeros(10)}, "step": 7, "best": {}}
+    organs = {label: 0.9 for label in range(1, 14)}
+
+    def results(per_grid):
+        rows = [(f"phantom {9000 + i}", {**organs, 1: 0.5 + 0.1 * i}, 30.0) for i in range(per_grid)]
+        return {grid.title: ({**organs, 1: 0.55}, rows) for grid in EVAL_GRIDS}
+
+    card = model_card(checkpoint=tmp_path / "last.pt", state=state, results=results(2), artifacts_mb=1.0)
+    assert "--out weights/demo --cases-per-grid 2" in card
+    first = EVAL_GRIDS[0].title.split(" (")[0]
+    assert f"phantom 9000 ({first}): {(0.5 + 0.9 * 12) / 13:.3f} in 30 s" in card
+    assert f"phantom 9001 ({first}): {(0.6 + 0.9 * 12) / 13:.3f} in 30 s" in card
+    single = model_card(checkpoint=tmp_path / "last.pt", state=state, results=results(1), artifacts_mb=1.0)
+    assert "--cases-per-grid" not in single
