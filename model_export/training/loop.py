@@ -218,7 +218,7 @@ class Trainer:
         # A resumed run takes its weights from the checkpoint; the --init file may be gone by now.
         self.model = build_model(config, load_init=resume_state is None).to(self.device)
         self.model.train()
-        # Convolutions whose bfloat16 gradients this CPU gets wrong train in float32 (see precision).
+        # Convolutions whose bfloat16 gradients this device gets wrong train in float32 (see precision).
         self.float32_convolutions: list[str] = []
         if config.precision == "bf16":
             patch = (config.batch_size, self.model.config.in_channels) + (config.patch_size,) * 3

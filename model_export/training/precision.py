@@ -136,8 +136,10 @@ def unreliable_bf16_convolutions(
     for name, shape in convolution_inputs(model, input_shape).items():
         signature = _signature(modules[name], shape)
         if signature not in errors:
-            shape = torch.Size(signature[-1])
-            errors[signature] = max(bf16_gradient_error(modules[name], shape, seed) for seed in REPLAYS)
+            checked_shape = torch.Size(signature[-1])
+            errors[signature] = max(
+                bf16_gradient_error(modules[name], checked_shape, seed) for seed in REPLAYS
+            )
         if errors[signature] > tolerance:
             unreliable[name] = errors[signature]
     return unreliable
@@ -174,13 +176,13 @@ def guard_bf16_convolutions(model: torch.nn.Module, input_shape: tuple[int, ...]
         keep_in_float32(modules[name])
     if unreliable:
         log.warning(
-            "bfloat16 gradients of %d convolution(s) disagree with float32 on this CPU (worst "
+            "bfloat16 gradients of %d convolution(s) disagree with float32 on this device (worst "
             "relative error %.3g): running %s in float32",
             len(unreliable),
             max(unreliable.values()),
             ", ".join(sorted(unreliable)),
         )
     else:
-        log.info("bfloat16 gradients of every convolution agree with float32 on this CPU")
+        log.info("bfloat16 gradients of every convolution agree with float32 on this device")
     return sorted(unreliable)
 
