@@ -177,6 +177,29 @@ def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     )
 
 
+# Below this Dice in every layout a label counts as not learned: the card must say so plainly, since
+# an empty tumour channel on a phantom with a tumour is otherwise easy to misread as "no tumour".
+UNLEARNED_DICE = 0.05
+
+
+def unlearned_labels_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
+    """A sentence naming the labels the weights miss in every layout where the label exists, or ''."""
+    from service.labels import FLARE23_LABELS
+
+    labels = sorted({label for scores, _ in results.values() for label in scores})
+    missed = []
+    for label in labels:
+        values = [s[label] for s, _ in results.values() if label in s and not math.isnan(s[label])]
+        if values and max(values) < UNLEARNED_DICE:
+            missed.append(f"{label} {FLARE23_LABELS.get(label, '?')} (Dice at most {max(values):.3f})")
+    if not missed:
+        return ""
+    return (
+        "**Not learned:** label " + ", ".join(missed) + " in every held-out layout; a mask from these "
+        "weights without that label says nothing about its absence."
+    )
+
+
 def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
     """The text of ``MODEL_CARD.md`` for a training checkpoint ``state`` and its evaluation ``results``."""
     from model_export.training.evaluate import mean_dice
@@ -242,6 +265,7 @@ medical device and **not for clinical use**. On a real CT they give plausible-lo
 unreliable masks.
 
 {status_line(results)}
+{unlearned_labels_line(results)}
 
 ## What it is
 Swin-X Seg, `{config["preset"]}` preset ({parameters / 1e6:.2f} M parameters), {config["out_channels"]}

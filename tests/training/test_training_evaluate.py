@@ -105,3 +105,15 @@ def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
     assert f"phantom 9001 ({first}): {(0.6 + 0.9 * 12) / 13:.3f} in 30 s" in card
     single = model_card(checkpoint=tmp_path / "last.pt", state=state, results=results(1), artifacts_mb=1.0)
     assert "--cases-per-grid" not in single
+
+
+def test_model_card_names_the_labels_the_weights_never_find():
+    from model_export.training.make_demo_weights import unlearned_labels_line
+
+    organs = {label: 0.9 for label in range(1, 14)}
+    missed = {"RAS": ({**organs, 14: 0.0}, []), "LPS": ({**organs, 14: 0.01}, [])}
+    line = unlearned_labels_line(missed)
+    assert "14 tumor (Dice at most 0.010)" in line and "9 gallbladder" not in line
+    # Found in one layout: learned, however weakly elsewhere.
+    assert unlearned_labels_line({"RAS": ({**organs, 14: 0.0}, []), "LPS": ({**organs, 14: 0.3}, [])}) == ""
+    assert unlearned_labels_line({"RAS": (organs, [])}) == ""
