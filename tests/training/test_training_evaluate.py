@@ -85,6 +85,17 @@ def test_status_line_says_under_trained_below_the_target_in_any_layout():
     assert "under-trained" in status_line({"RAS": (good, []), "LPS": ({1: 0.9, 2: 0.6}, [])})
 
 
+def test_status_line_counts_single_phantoms_under_the_target():
+    from model_export.training.make_demo_weights import status_line
+
+    good = {1: 0.9, 2: 0.88}
+    rows = [("phantom 1", {1: 0.95, 2: 0.93}, 1.0), ("phantom 2", {1: 0.85, 2: 0.83}, 1.0)]
+    line = status_line({"RAS": (good, rows), "LPS": (good, rows[:1])})
+    assert "at or above the 0.85 target in every layout" in line
+    assert "Single phantoms: 0.840-0.940, 1 of 3 under the target." in line
+    assert "Single phantoms" not in status_line({"RAS": (good, rows[:1])})
+
+
 def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
     from model_export.training.loop import TrainConfig
     from model_export.training.make_demo_weights import EVAL_GRIDS, model_card
