@@ -162,6 +162,18 @@ def _best_line(state: dict) -> str:
     return f"best validation mean Dice {value:.3f} at step {best.get('step')}"
 
 
+def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[tuple[str, str, float, float]]:
+    """``(layout title, case name, mean organ Dice, seconds)`` for every evaluated case, in order."""
+    from model_export.training.evaluate import mean_dice
+    from service.labels import ORGAN_LABELS
+
+    return [
+        (title, name, mean_dice(scores, ORGAN_LABELS), secs)
+        for title, (_, rows) in results.items()
+        for name, scores, secs in rows
+    ]
+
+
 def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """One plain sentence on whether the held-out organ mean reaches the target in every layout."""
     from model_export.training.evaluate import mean_dice
@@ -170,7 +182,7 @@ def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     means = [mean_dice(scores, ORGAN_LABELS) for scores, _ in results.values()]
     low, high = min(means), max(means)
     # A layout's mean can reach the target while single phantoms miss it; say so, with how many.
-    cases = [mean_dice(scores, ORGAN_LABELS) for _, rows in results.values() for _, scores, _ in rows]
+    cases = [mean for _, _, mean, _ in case_organ_means(results)]
     below = sum(value < TARGET_ORGAN_DICE for value in cases)
     single = (
         f" Single phantoms: {min(cases):.3f}-{max(cases):.3f}, {below} of {len(cases)} under the target."
@@ -213,18 +225,14 @@ def unlearned_labels_line(results: dict[str, tuple[dict[int, float], list]]) -> 
 
 def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
     """The text of ``MODEL_CARD.md`` for a training checkpoint ``state`` and its evaluation ``results``."""
-    from model_export.training.evaluate import mean_dice
-    from service.labels import ORGAN_LABELS
-
     config = state["config"]
     data = config.get("data", {})
     parameters = sum(
         v.numel() for k, v in state["state_dict"].items() if v.is_floating_point() and "running_" not in k
     )
     cases = "; ".join(
-        f"{name} ({title.split(' (')[0]}): {mean_dice(scores, ORGAN_LABELS):.3f} in {secs:.0f} s"
-        for title, (_, rows) in results.items()
-        for name, scores, secs in rows
+        f"{name} ({title.split(' (')[0]}): {mean:.3f} in {secs:.0f} s"
+        for title, name, mean, secs in case_organ_means(results)
     )
     per_grid = max((len(rows) for _, rows in results.values()), default=1)
     evaluate_option = f" --cases-per-grid {per_grid}" if per_grid > 1 else ""
