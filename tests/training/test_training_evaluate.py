@@ -93,7 +93,8 @@ def test_status_line_counts_single_phantoms_under_the_target():
     line = status_line({"RAS": (good, rows), "LPS": (good, rows[:1])})
     assert "at or above the 0.85 target in every layout" in line
     assert "Single phantoms: 0.840-0.940, 1 of 3 under the target." in line
-    assert "Single phantoms" not in status_line({"RAS": (good, rows[:1])})
+    assert "Single phantoms: 0.940-0.940, each at or above the target." in status_line({"RAS": (good, rows[:1])})
+    assert "Single phantoms" not in status_line({"RAS": (good, [])})
 
 
 def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
