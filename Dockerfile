@@ -6,16 +6,20 @@
 #       swinxseg:0.1.0 batch                                           # every CT of inputs/ -> outputs/
 #   docker run ... swinxseg:0.1.0 /bin/bash -c "sh predict.sh"        # the FLARE challenge contract
 #
-# The CUDA runtime + cuDNN base serves onnxruntime-gpu (which loads the system CUDA/cuDNN);
-# the CUDA torch wheel brings its own CUDA libraries. Both need CUDA 12 and cuDNN 9.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# CUDA 13 and cuDNN 9 come as pip packages with torch's Linux wheel from the package index (and
+# onnxruntime-gpu's extras), so the base needs no CUDA of its own: only the host's NVIDIA driver
+# (>= 580 for CUDA 13), which the NVIDIA container toolkit mounts (see NVIDIA_* below).
+# BASE_IMAGE and PYTHON_VERSION may be overridden for a build from another Debian/Ubuntu base.
+ARG BASE_IMAGE=ubuntu:24.04
+FROM ${BASE_IMAGE}
 
-# MUST equal the torch== and onnxruntime== pins of requirements.lock (tests/api/test_deploy_files.py
-# checks it). torch comes from the official PyTorch CUDA index for the base image's CUDA 12.8;
-# onnxruntime-gpu replaces the CPU onnxruntime of the lock (same version, same Python API).
+# TORCH_VERSION MUST equal requirements.lock's torch pin (tests/api/test_deploy_files.py checks it).
+# onnxruntime-gpu replaces the lock's CPU onnxruntime (same Python API); its GPU build is released
+# after the CPU one and may lag its version (1.31.1 while the CPU build is at 1.32.0).
+# tests/deploy/test_image_dependencies.py resolves these pins for PYTHON_VERSION on Linux x86_64.
+ARG PYTHON_VERSION=3.12
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-ARG ONNXRUNTIME_VERSION=1.32.0
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 # Same pin as requirements-dev.lock; needed to install the project in editable mode without isolation.
 ARG SETUPTOOLS_VERSION=84.2.1
 ARG APP_UID=1000
@@ -32,7 +36,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     SWINXSEG_PORT=8000 \
     SWINXSEG_LOG_JSON=true \
     SWINXSEG_GPU_MEM_CAP_MB=4096 \
-    SWINXSEG_MODEL_DIR=/app/weights/demo
+    SWINXSEG_MODEL_DIR=/app/weights/demo \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -42,21 +48,22 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # host folders mounted on /workspace (otherwise run with --user "$(id -u):$(id -g)").
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12 python3.12-venv ca-certificates \
+    && apt-get install -y --no-install-recommends "python${PYTHON_VERSION}" "python${PYTHON_VERSION}-venv" \
+        ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && python3.12 -m venv "$VIRTUAL_ENV" \
+    && "python${PYTHON_VERSION}" -m venv "$VIRTUAL_ENV" \
     && { userdel --remove ubuntu 2>/dev/null || true; } \
     && useradd --uid "$APP_UID" --user-group --create-home --shell /usr/sbin/nologin swinxseg
 
 WORKDIR /app
 
 # Dependencies first (their layer survives code changes): everything exactly as locked, except
-# torch (CUDA build from the PyTorch index) and onnxruntime (its GPU build).
+# torch and onnxruntime (deploy/image-requirements.sh says how, and why).
 COPY requirements.lock ./
-RUN grep -vE '^(torch|onnxruntime)==' requirements.lock > /tmp/requirements-image.txt \
-    && pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
+COPY deploy/image-requirements.sh deploy/
+RUN sh deploy/image-requirements.sh requirements.lock "$TORCH_VERSION" "$ONNXRUNTIME_GPU_VERSION" \
+        "$SETUPTOOLS_VERSION" > /tmp/requirements-image.txt \
     && pip install -r /tmp/requirements-image.txt \
-        "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" "setuptools==${SETUPTOOLS_VERSION}" \
     && rm /tmp/requirements-image.txt
 
 # Editable install: the code stays in /app, so the default model folder (weights/demo next to the

@@ -246,6 +246,12 @@ def _require_cuda_provider(ort) -> None:
             "ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu) - "
             "use the TorchScript backend or the CPU device"
         )
+    # The image has no system CUDA: CUDA and cuDNN are NVIDIA's pip packages that torch loads.
+    # preload_dlls (onnxruntime-gpu >= 1.21) loads the same ones for the CUDA provider: torch's when
+    # compatible, else those of the nvidia site-packages, else the default library path.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
 
 
 def _make_session(ort, path: Path, device: torch.device, gpu_mem_limit_mb: int | None, threads: int):

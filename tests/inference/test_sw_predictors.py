@@ -148,3 +148,24 @@ def test_resolve_precision() -> None:
     assert resolve_precision("bfloat16", CPU) == "bfloat16"
     with pytest.raises(ValueError):
         resolve_precision("int8", CPU)  # type: ignore[arg-type]
+
+
+def test_onnx_cuda_preloads_the_pip_cuda_libraries_before_a_session():
+    from types import SimpleNamespace
+
+    from service.inference import predictors
+
+    calls = []
+    with_cuda = SimpleNamespace(
+        get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        preload_dlls=lambda: calls.append("preload"),
+    )
+    predictors._require_cuda_provider(with_cuda)
+    assert calls == ["preload"]
+
+    without_cuda = SimpleNamespace(
+        get_available_providers=lambda: ["CPUExecutionProvider"], preload_dlls=lambda: calls.append("x")
+    )
+    with pytest.raises(ModelArtifactError, match="onnxruntime-gpu"):
+        predictors._require_cuda_provider(without_cuda)
+    assert calls == ["preload"]
