@@ -9,7 +9,12 @@
 # CUDA 13 and cuDNN 9 come as pip packages with torch's Linux wheel from the package index (and
 # onnxruntime-gpu's extras), so the base needs no CUDA of its own: only the host's NVIDIA driver
 # (>= 580 for CUDA 13), which the NVIDIA container toolkit mounts (see NVIDIA_* below).
-# BASE_IMAGE and PYTHON_VERSION may be overridden for a build from another Debian/Ubuntu base.
+#
+# One Dockerfile, two variants, chosen by build arguments (defaults: the CUDA image we ship):
+#   CUDA (shipped): BASE_IMAGE=ubuntu:24.04 PYTHON_VERSION=3.12 ONNXRUNTIME_REQUIREMENT=onnxruntime-gpu[...]
+#   CPU (built and run by `make image-test`): a Debian bookworm base made with debootstrap,
+#     PYTHON_VERSION=3.11, ONNXRUNTIME_REQUIREMENT=onnxruntime==<lock>, and PIP_FIND_LINKS pointing
+#     at a mounted folder that holds torch's CPU wheel (see deploy/image-test.sh).
 ARG BASE_IMAGE=ubuntu:24.04
 FROM ${BASE_IMAGE}
 
@@ -19,8 +24,10 @@ FROM ${BASE_IMAGE}
 # tests/deploy/test_image_dependencies.py resolves these pins for PYTHON_VERSION on Linux x86_64.
 ARG PYTHON_VERSION=3.12
 ARG TORCH_VERSION=2.13.0
-ARG ONNXRUNTIME_GPU_VERSION=1.31.1
-# Same pin as requirements-dev.lock; needed to install the project in editable mode without isolation.
+ARG ONNXRUNTIME_REQUIREMENT="onnxruntime-gpu[cuda,cudnn]==1.31.1"
+# Unset unless given: a local wheel folder and a CA bundle for pip (the CPU test build only).
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ARG SETUPTOOLS_VERSION=84.2.1
 ARG APP_UID=1000
 
@@ -61,7 +68,7 @@ WORKDIR /app
 # torch and onnxruntime (deploy/image-requirements.sh says how, and why).
 COPY requirements.lock ./
 COPY deploy/image-requirements.sh deploy/
-RUN sh deploy/image-requirements.sh requirements.lock "$TORCH_VERSION" "$ONNXRUNTIME_GPU_VERSION" \
+RUN sh deploy/image-requirements.sh requirements.lock "$TORCH_VERSION" "$ONNXRUNTIME_REQUIREMENT" \
         "$SETUPTOOLS_VERSION" > /tmp/requirements-image.txt \
     && pip install -r /tmp/requirements-image.txt \
     && rm /tmp/requirements-image.txt

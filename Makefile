@@ -8,12 +8,13 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint lint-docker demo prometheus export-demo bench gpu-check clean help
+.PHONY: install test lint lint-docker demo prometheus export-demo bench gpu-check image-tools image-test clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
 	@echo "make test   - install, lint and run the test suite"
 	@echo "make bench  - side-by-side benchmark against the authors' pipeline (CPU)"
+	@echo "make image-test - build the CPU variant of the image with podman and run it (root)"
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,16 @@ prometheus:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 	  || echo "warning: could not install prometheus; its end-to-end test will be skipped"; }
+
+# Rootful podman, runc and debootstrap build and run the image here (no Docker engine; Debian packages).
+image-tools:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+
+# Builds the CPU variant of the Dockerfile (deploy/image-test.sh) and runs the FLARE contract and the
+# service inside it; prints build time, image size, cold start and stop time.
+image-test: install image-tools
+	$(BIN)/python -m pytest -q -s -m image tests/deploy/test_container_image.py
 
 lint: install lint-docker
 	$(BIN)/ruff check .

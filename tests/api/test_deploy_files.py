@@ -75,7 +75,9 @@ def test_prometheus_scrapes_the_service_every_15_s():
 def test_dockerfile_pins_match_the_lock():
     assert _dockerfile_arg("TORCH_VERSION") == _locked("torch")
     # The GPU build of ONNX Runtime is released after the CPU one: same minor line or older, never newer.
-    gpu = tuple(int(p) for p in _dockerfile_arg("ONNXRUNTIME_GPU_VERSION").split("."))
+    requirement = _dockerfile_arg("ONNXRUNTIME_REQUIREMENT").strip('"')
+    assert requirement.startswith("onnxruntime-gpu[cuda,cudnn]=="), requirement
+    gpu = tuple(int(p) for p in requirement.partition("==")[2].split("."))
     cpu = tuple(int(p) for p in _locked("onnxruntime").split("."))
     assert gpu <= cpu and gpu[:1] == cpu[:1], (gpu, cpu)
     assert _dockerfile_arg("SETUPTOOLS_VERSION") == re.search(

@@ -26,11 +26,17 @@ _OFFLINE_MARKERS = ("NewConnectionError", "Failed to establish a new connection"
 def _arg(name: str) -> str:
     match = re.search(rf"^ARG {name}=(\S+)$", DOCKERFILE.read_text(), re.M)
     assert match, f"ARG {name} missing from the Dockerfile"
-    return match.group(1)
+    return match.group(1).strip('"')
+
+
+def _onnxruntime_gpu_version() -> str:
+    name, _, version = _arg("ONNXRUNTIME_REQUIREMENT").partition("==")
+    assert name == "onnxruntime-gpu[cuda,cudnn]", name  # the shipped default is the CUDA build
+    return version
 
 
 def _image_requirements(lock: Path = REPO / "requirements.lock") -> list[str]:
-    args = [_arg(n) for n in ("TORCH_VERSION", "ONNXRUNTIME_GPU_VERSION", "SETUPTOOLS_VERSION")]
+    args = [_arg(n) for n in ("TORCH_VERSION", "ONNXRUNTIME_REQUIREMENT", "SETUPTOOLS_VERSION")]
     result = subprocess.run(["sh", str(SCRIPT), str(lock), *args], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return [line for line in result.stdout.splitlines() if line.strip()]
@@ -49,7 +55,7 @@ def test_image_requirements_replace_only_torch_and_onnxruntime():
     image = _pins(_image_requirements())
 
     assert image.pop("torch") == lock.pop("torch")
-    assert image.pop("onnxruntime-gpu") == _arg("ONNXRUNTIME_GPU_VERSION")
+    assert image.pop("onnxruntime-gpu") == _onnxruntime_gpu_version()
     assert "onnxruntime" not in image
     lock.pop("onnxruntime")
     assert image.pop("setuptools") == _arg("SETUPTOOLS_VERSION")
@@ -84,7 +90,7 @@ def test_image_pip_installs_resolve_for_the_image_python_and_platform(tmp_path: 
         for item in json.loads(report.read_text())["install"]
     }
     assert resolved["torch"] == _arg("TORCH_VERSION")  # the index's wheel, not a +cpu/+cuXXX local build
-    assert resolved["onnxruntime-gpu"] == _arg("ONNXRUNTIME_GPU_VERSION")
+    assert resolved["onnxruntime-gpu"] == _onnxruntime_gpu_version()
     # The index's Linux torch wheel carries CUDA through NVIDIA's pip packages, and onnxruntime-gpu's
     # extras resolved to the same CUDA runtime and cuDNN, so both load one set of libraries.
     assert resolved["nvidia-cuda-runtime"].split(".")[0] == "13", resolved["nvidia-cuda-runtime"]
