@@ -11,7 +11,7 @@ the two is wrong and the file does not say which.
 
 Whatever the rule, the mask must open on the image in every viewer: :class:`NiftiGeometry`
 keeps the input header's own geometry fields (codes, quaternion, offsets, sform rows, pixdim,
-units) so the writer copies them verbatim, and each reader then applies its own rule to the same
+units) so the writer copies them verbatim (into NIfTI-1, which every reader reads), and each reader then applies its own rule to the same
 numbers for the image and the mask.
 """
 
@@ -39,7 +39,7 @@ _DISAGREE_VOXELS = 0.1
 class NiftiGeometry:
     """The geometry fields of an input NIfTI header and the affine our rule derives from them."""
 
-    version: int  # 1 or 2 (NIfTI-2 keeps these fields as float64)
+    version: int  # of the input: 1 or 2 (NIfTI-2 keeps these fields as float64)
     affine: np.ndarray  # RAS+ mm, the rule above
     fields: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -48,8 +48,12 @@ class NiftiGeometry:
         return bool(np.allclose(affine, self.affine, rtol=0.0, atol=1e-6))
 
     def mask_header(self) -> nib.Nifti1Header:
-        """A fresh header (same NIfTI version) holding the input's geometry fields verbatim."""
-        header = nib.Nifti2Header() if self.version == 2 else nib.Nifti1Header()
+        """A fresh NIfTI-1 header holding the input's geometry fields verbatim.
+
+        Always NIfTI-1, even for a NIfTI-2 input: ITK (SimpleITK 2.5) cannot read NIfTI-2 at
+        all, and a mask must open everywhere. A NIfTI-2 input's float64 fields are rounded to
+        float32 here (at most ~1e-5 mm at 500 mm from the origin)."""
+        header = nib.Nifti1Header()
         for key, value in self.fields.items():
             header[key] = value
         return header

@@ -4,8 +4,8 @@ Header rules (both the file and the in-memory variant):
 
 - voxels are ``uint8`` (labels 0..255; anything outside that range is a ``ValueError``);
 - a mask of a NIfTI input (``meta["nifti_geometry"]``, on the same affine) gets the input's own
-  geometry fields verbatim: qform and sform with their codes (0 stays 0), pixdim, units, and the
-  same NIfTI version, so every reader, whatever its qform/sform rule, places the mask exactly
+  geometry fields verbatim: qform and sform with their codes (0 stays 0), pixdim and units
+  (always as NIfTI-1, which ITK reads and NIfTI-2 is not), so every reader, whatever its qform/sform rule, places the mask exactly
   where it places the image (see :mod:`service.io.nifti_header`);
 - any other mask (NRRD, MetaImage, DICOM input) gets the volume's affine as BOTH the sform and
   the qform, each with code 1 (scanner), and ``xyzt_units`` say mm;
@@ -124,9 +124,8 @@ def _mask_image(volume: Volume) -> nib.Nifti1Image:
 def _mask_image_like_input(labels: np.ndarray, geometry: NiftiGeometry) -> nib.Nifti1Image:
     header = geometry.mask_header()
     header.set_data_dtype(np.uint8)
-    klass = nib.Nifti2Image if geometry.version == 2 else nib.Nifti1Image
     # affine=None: nibabel then leaves the copied qform/sform fields exactly as they are.
-    image = klass(labels, None, header=header)
+    image = nib.Nifti1Image(labels, None, header=header)
     image.header.set_slope_inter(np.nan, np.nan)
     return image
 
