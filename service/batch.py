@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from service.case_warnings import as_dicts, warnings_of
 from service.errors import InvalidInputError, SwinxsegError
+from service.input_checks import add_input_warnings, enforce_refusals
 from service.io.readers import case_name_for, find_cases, read_volume
 from service.io.writers import write_mask
 from service.memory import peak_rss_mb
@@ -35,7 +37,7 @@ CSV_COLUMNS = (
     "case", "status", "error", "input", "output", "input_shape", "input_spacing_mm", "model_grid_shape",
     "windows_run", "windows_skipped", "load_s", "preprocess_s", "infer_s", "postprocess_s", "write_s",
     "total_s", "peak_gpu_mb_torch_allocated", "peak_gpu_mb_torch_reserved", "peak_gpu_mb_nvml",
-    "peak_rss_mb", "device", "backend", "fallbacks",
+    "peak_rss_mb", "device", "backend", "fallbacks", "warning_codes", "warnings",
 )
 
 
@@ -47,6 +49,7 @@ class CaseReport:
     status: str = "pending"  # ok | failed | skipped
     error: str = ""
     error_code: str = ""
+    warnings: list[dict[str, str]] = field(default_factory=list)  # [{"code", "message"}], see case_warnings
     metrics: CaseMetrics = field(default_factory=CaseMetrics)
 
     def csv_row(self) -> dict:
@@ -65,6 +68,8 @@ class CaseReport:
             "peak_gpu_mb_nvml": _blank(m.peak_gpu_mb_nvml),
             "peak_rss_mb": m.peak_rss_mb, "device": m.device, "backend": m.backend,
             "fallbacks": "; ".join(m.fallbacks),
+            "warning_codes": "; ".join(w["code"] for w in self.warnings),
+            "warnings": " | ".join(f"{w['code']}: {w['message']}" for w in self.warnings),
         }
 
 
@@ -173,7 +178,10 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         return case
     try:
         load_start = time.perf_counter()
-        volume = read_volume(case_path, max_voxels=settings.max_input_voxels)
+        volume = add_input_warnings(read_volume(case_path, max_voxels=settings.max_input_voxels))
+        # Recorded before a refusal, so the report says why the case was refused.
+        case.warnings = as_dicts(warnings_of(volume))
+        enforce_refusals(volume, settings.refuse_warnings)
         load_s = time.perf_counter() - load_start
         result = segmenter.segment(volume, overlap=overlap)
         case.metrics = result.metrics
@@ -190,9 +198,9 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         case.status = "ok"
         m = case.metrics
         log.info(
-            "case %s: ok %s -> %s in %.2f s (windows %d run, %d skipped; peak GPU %s; RSS %.0f MB)",
+            "case %s: ok %s -> %s in %.2f s (windows %d run, %d skipped; peak GPU %s; RSS %.0f MB; %d warnings)",
             case.case, "x".join(map(str, m.input_shape)), out_path.name, m.total_seconds,
-            m.windows_run, m.windows_skipped, gpu_peak_text(m), m.peak_rss_mb,
+            m.windows_run, m.windows_skipped, gpu_peak_text(m), m.peak_rss_mb, len(case.warnings),
         )
     except SwinxsegError as exc:
         _fail(case, exc)

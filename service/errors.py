@@ -55,6 +55,12 @@ class DicomSeriesError(InvalidInputError):
     code = "invalid_dicom_series"
 
 
+class WarningRefusedError(InvalidInputError):
+    """The input raised a warning whose code ``SWINXSEG_REFUSE_WARNINGS`` turns into a refusal."""
+
+    code = "warning_refused"
+
+
 class CheckpointError(SwinxsegError):
     """A checkpoint that cannot be loaded into the network (missing/unexpected/wrong-shape keys...)."""
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.case_warnings import WARNING_CODES
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "demo"
 
@@ -54,6 +56,15 @@ class Settings(BaseSettings):
     max_input_voxels: int = Field(800_000_000, gt=0)
     max_upload_mb: int = Field(2048, gt=0)
 
+    # Input warnings that refuse the case instead (422 warning_refused). Empty by default: each
+    # warning is a doubt about the input, not proof that it is wrong, and it reaches the user in
+    # the report, the job status and the response headers either way.
+    refuse_warnings: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(),
+        description="Warning codes that refuse the case (comma-separated in the environment, "
+        "e.g. orientation_unknown,intensity_not_hu); see docs/SERVICE.md for the codes",
+    )
+
     # HTTP service
     host: str = "127.0.0.1"
     port: int = 8000
@@ -66,6 +77,19 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("refuse_warnings", mode="before")
+    @classmethod
+    def _parse_refuse_warnings(cls, value: object) -> frozenset[str]:
+        """Accept ``"a,b"`` (the environment) or any iterable of codes; refuse unknown codes."""
+        if value is None:
+            return frozenset()
+        items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        codes = frozenset(str(item).strip() for item in items if str(item).strip())
+        unknown = sorted(codes - WARNING_CODES.keys())
+        if unknown:
+            raise ValueError(f"unknown warning codes {unknown}; known: {sorted(WARNING_CODES)}")
+        return codes
 
 
 def body_threshold_hu(setting: float | None, hu_window: Sequence[float]) -> float:

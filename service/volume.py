@@ -13,7 +13,10 @@ class Volume:
 
     ``array`` is indexed (i, j, k) in the file's own voxel order; ``affine`` (4x4, float64) maps
     voxel indices to RAS+ world coordinates in mm (the nibabel convention), for every format.
-    ``meta`` carries provenance only (source format, file name); it never changes geometry.
+    ``meta`` carries provenance (source format, file name), the input's warnings
+    (``warnings``, see :mod:`service.case_warnings`) and, for NIfTI inputs, the header's own
+    geometry fields (``nifti_geometry``) so a mask on the same affine is written with them; it
+    never changes the affine.
     """
 
     array: np.ndarray

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +21,8 @@ from starlette.requests import Request
 
 from service.api.gpu_guard import GpuGuard, Ticket
 from service.api.uploads import Upload, check_content_length, check_media_type, media_type_of, read_upload
+from service.case_warnings import CaseWarning, warnings_of
+from service.input_checks import screen_input
 from service.io.readers import read_volume_bytes
 from service.io.writers import mask_to_nifti_bytes
 from service.metrics_types import CaseMetrics, SegmentationResult
@@ -55,6 +57,10 @@ class CaseOutcome:
     def metrics(self) -> CaseMetrics:
         return self.result.metrics
 
+    @property
+    def warnings(self) -> list[CaseWarning]:
+        return warnings_of(self.ct)
+
     def case_seconds(self) -> float:
         """Decode + segment + encode so far, without the queue wait."""
         return time.perf_counter() - self.started - self.queue_seconds
@@ -66,11 +72,20 @@ async def run_blocking(func, /, *args, **kwargs):
     return await anyio.to_thread.run_sync(partial(func, *args, **kwargs))
 
 
-def decode_upload(upload: Upload, *, max_voxels: int, work_dir: Path) -> Volume:
-    """The CT in ``upload`` (blocking); ``work_dir`` takes the reader's temporary copy."""
-    return read_volume_bytes(
+def decode_upload(
+    upload: Upload, *, max_voxels: int, work_dir: Path, refuse_warnings: Collection[str] = ()
+) -> Volume:
+    """The CT in ``upload`` (blocking), with its warnings (``meta["warnings"]``); ``work_dir``
+    takes the reader's temporary copy.
+
+    Raises:
+        InvalidInputError (and subclasses): unreadable input; ``WarningRefusedError`` when a
+        warning's code is in ``refuse_warnings``.
+    """
+    volume = read_volume_bytes(
         upload.data, filename=upload.reader_filename, max_voxels=max_voxels, work_dir=work_dir
     )
+    return screen_input(volume, refuse=refuse_warnings)
 
 
 async def segment_case(

@@ -38,7 +38,9 @@ from service.api.gpu_guard import Ticket
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
 from service.api.uploads import Upload
+from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
+from service.input_checks import enforce_refusals
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     metrics: dict | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)  # the input's, once decoded
     error: tuple[str, str] | None = None  # (code, detail)
     task: asyncio.Task | None = field(default=None, repr=False)
 
@@ -87,6 +90,7 @@ class JobContext:
     metrics: ServiceMetrics
     max_voxels: int
     work_dir: Path
+    refuse_warnings: frozenset[str] = frozenset()
 
 
 class JobStore:
@@ -187,6 +191,9 @@ class JobStore:
         upload = Upload(data=job.input_path.read_bytes(), filename=job.filename, media_type=job.media_type)
         volume = decode_upload(upload, max_voxels=context.max_voxels, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
+        # Kept before the refusal check, so the job status says what a refusal was about.
+        job.warnings = as_dicts(warnings_of(volume))
+        enforce_refusals(volume, context.refuse_warnings)
         return volume
 
     async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:

@@ -40,6 +40,7 @@ def job_view(job: Job, store: JobStore, request: Request) -> JobView:
         finished_at=iso(job.finished_at),
         expires_at=iso(store.expires_at(job)),
         metrics=job.metrics,
+        warnings=job.warnings,
         error=JobError(error=job.error[0], detail=job.error[1]) if job.error else None,
         links=JobLinks(self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview")),
     )
@@ -79,6 +80,7 @@ async def submit_job(
         segmenter=segmenter,
         metrics=runtime.metrics,
         max_voxels=runtime.settings.max_input_voxels,
+        refuse_warnings=runtime.settings.refuse_warnings,
         work_dir=runtime.work_dir,
     )
     try:

@@ -20,6 +20,7 @@ from service.api.cases import (
 from service.api.deps import RuntimeDep, SegmenterDep, require_api_key
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
 from service.api.schemas import ERROR_RESPONSES
+from service.case_warnings import WARNINGS_HEADER, as_dicts, header_value
 from service.metrics_types import CaseMetrics
 
 router = APIRouter(prefix="/v1", tags=["segment"], dependencies=[Depends(require_api_key)])
@@ -39,13 +40,16 @@ def peak_gpu_mb(metrics: CaseMetrics) -> str:
 
 def case_headers(outcome: CaseOutcome, *, filename: str) -> dict[str, str]:
     metrics = outcome.metrics
+    # The metrics header repeats the warnings so that a client reading only it still sees them.
+    metrics_body = {**metrics.to_dict(), "warnings": as_dicts(outcome.warnings)}
     return {
         "Content-Disposition": f'attachment; filename="{filename}"',
         "X-Runtime-Seconds": f"{outcome.case_seconds():.3f}",
         "X-Queue-Seconds": f"{outcome.queue_seconds:.3f}",
         "X-Peak-GPU-MB": peak_gpu_mb(metrics),
         # ensure_ascii: header values must be latin-1; separators: keep the header compact.
-        "X-Segmentation-Metrics": json.dumps(metrics.to_dict(), separators=(",", ":"), ensure_ascii=True),
+        "X-Segmentation-Metrics": json.dumps(metrics_body, separators=(",", ":"), ensure_ascii=True),
+        WARNINGS_HEADER: header_value(outcome.warnings),
     }
 
 
@@ -76,14 +80,21 @@ async def segment(
 ) -> Response:
     """The mask comes back on the input's own voxel grid (same shape and affine) as a gzipped
     uint8 NIfTI with FLARE-23 labels; headers carry the runtime, the peak GPU memory and the
-    full case metrics. ``format=png`` returns a preview of three orthogonal slices instead."""
+    full case metrics; ``X-Segmentation-Warnings`` lists the input's warnings as JSON
+    (``[]`` when none). ``format=png`` returns a preview of three orthogonal slices instead."""
     settings = runtime.settings
     ticket, upload = await receive_case(
         request, guard=runtime.guard, settings=settings, filename=filename or x_filename
     )
     with ticket:
         outcome = await segment_case(
-            partial(decode_upload, upload, max_voxels=settings.max_input_voxels, work_dir=runtime.work_dir),
+            partial(
+                decode_upload,
+                upload,
+                max_voxels=settings.max_input_voxels,
+                work_dir=runtime.work_dir,
+                refuse_warnings=settings.refuse_warnings,
+            ),
             segmenter=segmenter,
             ticket=ticket,
             overlap=overlap,

@@ -45,6 +45,11 @@ class JobError(BaseModel):
     detail: str
 
 
+class CaseWarningBody(BaseModel):
+    code: str = Field(description="stable machine-readable kind, e.g. orientation_unknown, intensity_not_hu")
+    message: str = Field(description="what is doubtful about the input, for people")
+
+
 class JobLinks(BaseModel):
     self: str
     mask: str
@@ -60,6 +65,9 @@ class JobView(BaseModel):
     finished_at: str | None = None
     expires_at: str | None = Field(None, description="when a finished job's results are deleted")
     metrics: dict | None = Field(None, description="CaseMetrics of a done job")
+    warnings: list[CaseWarningBody] = Field(
+        default_factory=list, description="the input's warnings, once it is decoded (docs/SERVICE.md lists the codes)"
+    )
     error: JobError | None = None
     links: JobLinks
 

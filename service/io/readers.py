@@ -10,6 +10,7 @@ read, and every library exception is turned into one of the typed errors of
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import os
@@ -22,11 +23,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import nibabel as nib
 import numpy as np
 
+from service.case_warnings import (
+    CONSTANT_INTENSITY,
+    DICOM_FILES_SKIPPED,
+    NON_CT_MODALITY,
+    CaseWarning,
+)
 from service.errors import (
     DicomSeriesError,
     InputTooLargeError,
@@ -34,6 +41,8 @@ from service.errors import (
     SwinxsegError,
     UnsupportedFormatError,
 )
+from service.io import dicom_checks
+from service.io.nifti_header import nifti_geometry
 from service.volume import Volume
 
 if TYPE_CHECKING:
@@ -64,8 +73,7 @@ _SNIFF_BYTES = 64 * 1024
 _NIFTI_HEADER_BYTES = 544
 
 # Geometry tolerances for DICOM series.
-_SPACING_REL_TOL = 0.01  # uneven slice spacing beyond 1 % of the typical gap is refused
-_SPACING_ABS_TOL_MM = 1e-3  # positions are stored as decimal strings; allow their rounding
+_SPACING_ABS_TOL_MM = 1e-3  # slices closer than this (or 1 % of the typical gap) are duplicates
 _MISSING_SLICE_FACTOR = 1.5  # a gap this many typical gaps long means slices are missing
 _TILT_TOL_PIXELS = 0.05  # in-plane drift of the slice origins allowed, in pixels
 _COSINE_TOL = 1e-4  # ImageOrientationPatient values that differ less are the same orientation
@@ -320,7 +328,7 @@ def _has_case_suffix(path: Path) -> bool:
 
 def _read_by_format(path: Path, fmt: str, name: str, max_voxels: int) -> Volume:
     if fmt in ("nifti", "nifti_gz"):
-        return _read_nifti(path, name, max_voxels)
+        return _read_nifti(path, name, max_voxels, compressed=fmt == "nifti_gz")
     if fmt in ("nrrd", "metaimage"):
         return _read_sitk_file(path, name, fmt, max_voxels)
     if fmt == "zip":
@@ -431,8 +439,10 @@ def _check_affine(affine: np.ndarray, name: str) -> None:
         )
 
 
-def _finish(array: np.ndarray, affine: np.ndarray, name: str, source_format: str) -> Volume:
-    """Final checks on the voxels, then wrap them in a Volume."""
+def _finish(
+    array: np.ndarray, affine: np.ndarray, name: str, source_format: str, warnings: Sequence[CaseWarning] = ()
+) -> Volume:
+    """Final checks on the voxels, then wrap them in a Volume carrying ``warnings``."""
     _check_dtype(array.dtype, name)
     if array.dtype.kind == "f":
         bad = _count_non_finite(array)
@@ -440,10 +450,16 @@ def _finish(array: np.ndarray, affine: np.ndarray, name: str, source_format: str
             raise InvalidInputError(
                 f"{name} has {bad:,} NaN or infinite voxels out of {array.size:,}; a CT volume needs finite values"
             )
+    warnings = list(warnings)
     lo, hi = array.min(), array.max()
     if lo == hi:
-        logger.warning("%s: every voxel has the same value %s; the segmentation will be empty", name, lo)
-    return Volume(array=array, affine=affine, meta={"source_format": source_format, "file_name": name})
+        warnings.append(
+            CaseWarning(CONSTANT_INTENSITY, f"{name}: every voxel has the same value {lo}; the mask will be empty")
+        )
+    for warning in warnings:
+        logger.warning("%s", warning.message)
+    meta = {"source_format": source_format, "file_name": name, "warnings": tuple(warnings)}
+    return Volume(array=array, affine=affine, meta=meta)
 
 
 def _count_non_finite(array: np.ndarray) -> int:
@@ -457,26 +473,41 @@ def _count_non_finite(array: np.ndarray) -> int:
 # --------------------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path, name: str, max_voxels: int) -> Volume:
-    """NIfTI-1/2 via nibabel: ``img.affine`` (sform if set, else qform, else pixdim), dtype kept."""
-    with _library_errors(f"{name} has an unreadable NIfTI header"):
-        # mmap=False: never keep a mapping onto a file the caller (or our temp copy) may remove.
-        img = nib.load(str(path), mmap=False)
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise UnsupportedFormatError(f"{name} is a {type(img).__name__}, not a single-file NIfTI image")
-    shape = _effective_shape(img.shape, name)
-    _check_voxel_limit(shape, max_voxels, name)
-    _check_dtype(img.get_data_dtype(), name)
-    header = img.header
-    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
-        logger.warning("%s has neither sform nor qform; placing it from pixdim only", name)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    _check_affine(affine, name)
-    with _library_errors(f"{name} is truncated or corrupt"):
-        array = np.asanyarray(img.dataobj)
+def _read_nifti(path: Path, name: str, max_voxels: int, *, compressed: bool) -> Volume:
+    """NIfTI-1/2 via nibabel, dtype kept; placed by :mod:`service.io.nifti_header`'s rule.
+
+    ``compressed`` comes from the sniffed bytes, never from the file name: nibabel would pick
+    gzip or not by the suffix, so a gzip-compressed ``.nii`` or a plain ``.nii.gz`` would fail
+    in batch mode while the same bytes uploaded over HTTP worked.
+    """
+    with _library_errors(f"{name} has an unreadable NIfTI header"), _open_nifti(path, compressed) as fh:
+        img = _nifti_from_stream(fh)
+        shape = _effective_shape(img.shape, name)
+        _check_voxel_limit(shape, max_voxels, name)
+        _check_dtype(img.get_data_dtype(), name)
+        geometry, warnings = nifti_geometry(img.header, shape, name)
+        _check_affine(geometry.affine, name)
+        with _library_errors(f"{name} is truncated or corrupt"):
+            array = np.asanyarray(img.dataobj)
     if array.shape != shape:
         array = array.reshape(shape)  # trailing singleton dimensions only
-    return _finish(array, affine, name, "nifti")
+    volume = _finish(array, geometry.affine, name, "nifti", warnings)
+    volume.meta["nifti_geometry"] = geometry
+    return volume
+
+
+def _open_nifti(path: Path, compressed: bool) -> BinaryIO:
+    return gzip.open(path, "rb") if compressed else path.open("rb")
+
+
+def _nifti_from_stream(fh: BinaryIO) -> nib.Nifti1Image:
+    """A NIfTI-1 or -2 image whose voxels are read from ``fh`` (no memory map: the caller's file,
+    or our temp copy, may be removed as soon as we return)."""
+    sizeof_hdr = fh.read(4)
+    fh.seek(0)
+    klass = nib.Nifti2Image if 540 in (int.from_bytes(sizeof_hdr, "little"), int.from_bytes(sizeof_hdr, "big")) else nib.Nifti1Image
+    holder = nib.FileHolder(fileobj=fh)
+    return klass.from_file_map({"header": holder, "image": holder}, mmap=False)
 
 
 # --------------------------------------------------------------------------- NRRD / MetaImage
@@ -527,12 +558,14 @@ def _sitk_array(image: sitk.Image) -> np.ndarray:
     return array.transpose(tuple(range(array.ndim - 1, -1, -1)))
 
 
-def volume_from_sitk(image: sitk.Image, *, name: str = "image", source_format: str = "sitk") -> Volume:
+def volume_from_sitk(
+    image: sitk.Image, *, name: str = "image", source_format: str = "sitk", warnings: Sequence[CaseWarning] = ()
+) -> Volume:
     """A 3D SimpleITK image as a Volume (array (i, j, k), RAS+ affine), with the usual checks."""
     shape = _effective_shape(image.GetSize(), name)
     affine = sitk_geometry_to_ras_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
     _check_affine(affine, name)
-    return _finish(_sitk_array(image).reshape(shape), affine, name, source_format)
+    return _finish(_sitk_array(image).reshape(shape), affine, name, source_format, warnings)
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -548,10 +581,12 @@ class _Slice:
     col_cosine: np.ndarray
     rows: int
     cols: int
-    pixel_spacing: tuple[float, float]
-    series_uid: str
+    pixel_spacing: tuple[float, float]  # (row spacing, column spacing), from the tags
+    reconstruction: tuple[str, ...]  # see dicom_checks.RECONSTRUCTION_TAGS
+    instance: tuple[str, str]  # (AcquisitionNumber, InstanceNumber)
     rescale: tuple[str, str]
     modality: str
+    spacing_warning: CaseWarning | None = None
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -631,14 +666,29 @@ def _read_dicom_folder(folder: Path, name: str, max_voxels: int, *, in_zip: bool
     files = _dicom_files(folder)
     if not files:
         raise DicomSeriesError(f"{name}: no DICOM files found in {where}{_listing_hint(folder)}")
-    slices = _read_slice_headers(files, folder, name)
+    slices, warnings = _read_slice_headers(files, folder, name)
     ordered = _check_and_order_series(slices, folder, name)
     rows, cols = ordered[0].rows, ordered[0].cols
     _check_voxel_limit((cols, rows, len(ordered)), max_voxels, name)
     image = _read_series_pixels(ordered, name)
-    volume = volume_from_sitk(image, name=name, source_format="dicom")
+    # GDCM assumes 1 mm when PixelSpacing is missing; the spacing we read from the tags counts.
+    row_spacing, col_spacing = ordered[0].pixel_spacing
+    image.SetSpacing((col_spacing, row_spacing, *image.GetSpacing()[2:]))
+    warnings += _series_warnings(ordered, name)
+    volume = volume_from_sitk(image, name=name, source_format="dicom", warnings=warnings)
     _check_series_geometry(volume, ordered, name)
     return volume
+
+
+def _series_warnings(ordered: list[_Slice], name: str) -> list[CaseWarning]:
+    warnings = [ordered[0].spacing_warning] if ordered[0].spacing_warning else []
+    modality = ordered[0].modality
+    if modality and modality != "CT":
+        warnings.append(CaseWarning(
+            NON_CT_MODALITY,
+            f"{name}: DICOM Modality is {modality}, not CT; the model expects CT in Hounsfield units",
+        ))
+    return warnings
 
 
 def _listing_hint(folder: Path) -> str:
@@ -646,8 +696,9 @@ def _listing_hint(folder: Path) -> str:
     return f" (it holds: {', '.join(names)})" if names else " (it is empty)"
 
 
-def _read_slice_headers(files: list[Path], folder: Path, name: str) -> list[_Slice]:
-    """Read each file's header; files that are not images (reports, DICOMDIR...) are skipped."""
+def _read_slice_headers(files: list[Path], folder: Path, name: str) -> tuple[list[_Slice], list[CaseWarning]]:
+    """Read each file's header; files that are not images (reports, DICOMDIR...) are skipped,
+    with a warning."""
     sitk = _simpleitk()
     slices, skipped = [], []
     for path in files:
@@ -661,16 +712,16 @@ def _read_slice_headers(files: list[Path], folder: Path, name: str) -> list[_Sli
             skipped.append(path)
             continue
         slices.append(_slice_from_reader(reader, path, folder, name))
-    if skipped:
-        logger.warning(
-            "%s: skipped %d DICOM files without a readable image (e.g. %s)",
-            name,
-            len(skipped),
-            skipped[0].relative_to(folder),
-        )
     if not slices:
         raise DicomSeriesError(f"{name}: none of the {len(files)} DICOM files holds a readable image")
-    return slices
+    warnings = []
+    if skipped:
+        warnings.append(CaseWarning(
+            DICOM_FILES_SKIPPED,
+            f"{name}: skipped {len(skipped)} DICOM files without a readable image "
+            f"(e.g. {skipped[0].relative_to(folder)})",
+        ))
+    return slices, warnings
 
 
 def _slice_from_reader(reader: sitk.ImageFileReader, path: Path, folder: Path, name: str) -> _Slice:
@@ -688,7 +739,7 @@ def _slice_from_reader(reader: sitk.ImageFileReader, path: Path, folder: Path, n
         )
     position = _decimal_values(tag("0020|0032"), 3, f"{name}: {rel} ImagePositionPatient (0020,0032)")
     orientation = _decimal_values(tag("0020|0037"), 6, f"{name}: {rel} ImageOrientationPatient (0020,0037)")
-    spacing = reader.GetSpacing()
+    spacing, spacing_warning = dicom_checks.pixel_spacing(tag, str(rel), name)
     return _Slice(
         path=path,
         position=position,
@@ -696,10 +747,12 @@ def _slice_from_reader(reader: sitk.ImageFileReader, path: Path, folder: Path, n
         col_cosine=orientation[3:],
         rows=int(size[1]),
         cols=int(size[0]),
-        pixel_spacing=(float(spacing[1]), float(spacing[0])),  # DICOM order: row spacing, column spacing
-        series_uid=tag("0020|000e").rstrip("\x00"),
+        pixel_spacing=spacing,
+        reconstruction=dicom_checks.reconstruction_key(tag),
+        instance=(tag("0020|0012"), tag("0020|0013")),
         rescale=(tag("0028|1053") or "1", tag("0028|1052") or "0"),
         modality=tag("0008|0060"),
+        spacing_warning=spacing_warning,
     )
 
 
@@ -718,7 +771,8 @@ def _decimal_values(text: str, count: int, what: str) -> np.ndarray:
 
 def _check_and_order_series(slices: list[_Slice], folder: Path, name: str) -> list[_Slice]:
     """Refuse what would give a wrong volume; return the slices sorted along the slice normal."""
-    _check_single_series(slices, name)
+    dicom_checks.check_one_reconstruction([s.reconstruction for s in slices], name)
+    dicom_checks.check_unique_instances([s.instance for s in slices], name)
     if len(slices) < 2:
         raise DicomSeriesError(
             f"{name} holds a single slice ({slices[0].path.relative_to(folder)}), not a 3D series; "
@@ -734,16 +788,6 @@ def _check_and_order_series(slices: list[_Slice], folder: Path, name: str) -> li
     _check_no_tilt(ordered, normal, name)
     _check_gaps(ordered, heights, folder, name)
     return ordered
-
-
-def _check_single_series(slices: list[_Slice], name: str) -> None:
-    """Blank series UIDs (anonymised data) are allowed; two distinct non-blank ones are not."""
-    counts = Counter(s.series_uid for s in slices if s.series_uid)
-    if len(counts) > 1:
-        listing = ", ".join(f"{uid} ({n} slices)" for uid, n in sorted(counts.items()))
-        raise DicomSeriesError(
-            f"{name} holds {len(counts)} DICOM series: {listing}; send one series per folder or zip"
-        )
 
 
 def _check_same_grid(slices: list[_Slice], folder: Path, name: str) -> None:
@@ -806,12 +850,7 @@ def _check_gaps(ordered: list[_Slice], heights: np.ndarray, folder: Path, name: 
         raise DicomSeriesError(
             f"{name}: missing slices: {details}; the other slices are {typical:.2f} mm apart"
         )
-    tolerance = max(_SPACING_REL_TOL * typical, _SPACING_ABS_TOL_MM)
-    if gaps.max() - gaps.min() > tolerance:
-        raise DicomSeriesError(
-            f"{name}: uneven slice spacing: gaps between slices range from {gaps.min():.3f} to "
-            f"{gaps.max():.3f} mm; they may differ by at most {100 * _SPACING_REL_TOL:.0f} %"
-        )
+    dicom_checks.check_uniform_positions(heights, name)
 
 
 def _read_series_pixels(ordered: list[_Slice], name: str) -> sitk.Image:
@@ -826,9 +865,6 @@ def _read_series_pixels(ordered: list[_Slice], name: str) -> sitk.Image:
         # type could truncate other slices' HU values, so read as float.
         logger.info("%s: rescale slope/intercept differ between slices; reading as float32", name)
         reader.SetOutputPixelType(sitk.sitkFloat32)
-    modality = ordered[0].modality
-    if modality and modality != "CT":
-        logger.warning("%s: modality is %s, not CT; intensities may not be HU", name, modality)
     with _library_errors(f"{name}: the DICOM pixel data could not be read", DicomSeriesError):
         return reader.Execute()
 

@@ -3,8 +3,12 @@
 Header rules (both the file and the in-memory variant):
 
 - voxels are ``uint8`` (labels 0..255; anything outside that range is a ``ValueError``);
-- the volume's affine is stored as BOTH the sform and the qform, each with code 1 (scanner),
-  and ``xyzt_units`` say mm;
+- a mask of a NIfTI input (``meta["nifti_geometry"]``, on the same affine) gets the input's own
+  geometry fields verbatim: qform and sform with their codes (0 stays 0), pixdim and units
+  (always as NIfTI-1, which ITK reads and NIfTI-2 is not), so every reader, whatever its qform/sform rule, places the mask exactly
+  where it places the image (see :mod:`service.io.nifti_header`);
+- any other mask (NRRD, MetaImage, DICOM input) gets the volume's affine as BOTH the sform and
+  the qform, each with code 1 (scanner), and ``xyzt_units`` say mm;
 - no intensity scaling (``scl_slope`` unset), so readers get the labels back verbatim.
 
 Affine precision: NIfTI stores the sform rows as float32, and nibabel returns the sform on load
@@ -29,6 +33,7 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
+from service.io.nifti_header import NiftiGeometry
 from service.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -102,6 +107,9 @@ def _mask_labels(array: np.ndarray) -> np.ndarray:
 def _mask_image(volume: Volume) -> nib.Nifti1Image:
     labels = _mask_labels(np.asarray(volume.array))
     affine = np.asarray(volume.affine, dtype=np.float64)
+    geometry = volume.meta.get("nifti_geometry")
+    if isinstance(geometry, NiftiGeometry) and geometry.places(affine):
+        return _mask_image_like_input(labels, geometry)
     header = nib.Nifti1Header()
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(labels, affine, header=header)
@@ -109,6 +117,15 @@ def _mask_image(volume: Volume) -> nib.Nifti1Image:
     image.set_qform(affine, code=_NIFTI_SCANNER_CODE)
     image.header.set_xyzt_units(xyz="mm")
     # No scaling: labels must read back verbatim.
+    image.header.set_slope_inter(np.nan, np.nan)
+    return image
+
+
+def _mask_image_like_input(labels: np.ndarray, geometry: NiftiGeometry) -> nib.Nifti1Image:
+    header = geometry.mask_header()
+    header.set_data_dtype(np.uint8)
+    # affine=None: nibabel then leaves the copied qform/sform fields exactly as they are.
+    image = nib.Nifti1Image(labels, None, header=header)
     image.header.set_slope_inter(np.nan, np.nan)
     return image
 

@@ -38,11 +38,14 @@ def write_dicom_series(
     orientations: dict[int, Sequence[float]] | None = None,
     slice_thickness: float = 5.0,
     seed: int = 0,
+    extra_tags: dict[str, str] | None = None,
+    modality: str = "CT",
 ) -> np.ndarray:
     """Write one single-slice CT DICOM file per position (LPS mm), in shuffled file-name order.
 
     ``size`` is (columns, rows); ``pixel_spacing`` is (x, y) = (column, row) spacing in mm.
     ``sizes``/``orientations`` override single slices (by position index) to build bad series.
+    ``extra_tags`` ("gggg|eeee" -> value) are set on every slice (e.g. a kernel, a series number).
     SliceThickness is deliberately different from the real gap so readers must use positions.
 
     Returns the HU values written, stacked as (slice, row, column) in position order; slice k
@@ -61,7 +64,7 @@ def write_dicom_series(
         tags = {
             "0008|0016": CT_IMAGE_STORAGE,
             "0008|0018": f"1.2.826.0.1.3680043.2.1125.1.{seed}.{k}",
-            "0008|0060": "CT",
+            "0008|0060": modality,
             "0018|0050": str(slice_thickness),
             "0020|000e": series_uid if isinstance(series_uid, str) else series_uid[k],
             "0020|0013": str(k + 1),
@@ -72,7 +75,7 @@ def write_dicom_series(
             ),
             "0028|1053": "1",
         }
-        for key, value in tags.items():
+        for key, value in {**tags, **(extra_tags or {})}.items():
             image.SetMetaData(key, value)
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -81,6 +84,20 @@ def write_dicom_series(
     if sizes:
         return np.empty(0)
     return np.stack(values)
+
+
+def retag_pixel_spacing(folder: Path, new_tag: tuple[int, int]) -> None:
+    """Move PixelSpacing (0028,0030) of every file in ``folder`` to ``new_tag`` (same VR, DS).
+
+    GDCM writes implicit-VR little-endian data sets, so the element starts with the 4 tag bytes;
+    (0028,0031) removes PixelSpacing, (0018,1164) turns it into ImagerPixelSpacing."""
+    old = (0x0028).to_bytes(2, "little") + (0x0030).to_bytes(2, "little")
+    new = new_tag[0].to_bytes(2, "little") + new_tag[1].to_bytes(2, "little")
+    for path in folder.iterdir():
+        data = path.read_bytes()
+        at = data.find(old, 132 + 200)  # after the preamble and the (explicit VR) file meta group
+        assert at > 0, f"no PixelSpacing in {path}"
+        path.write_bytes(data[:at] + new + data[at + 4 :])
 
 
 def axial_positions(z_values: Sequence[float], *, x: float = -10.0, y: float = -20.0) -> list[tuple]:
@@ -98,3 +115,9 @@ def dicom_series() -> Callable[..., np.ndarray]:
 def axial() -> Callable[..., list[tuple]]:
     """The :func:`axial_positions` helper."""
     return axial_positions
+
+
+@pytest.fixture
+def retag_spacing() -> Callable[[Path, tuple[int, int]], None]:
+    """The :func:`retag_pixel_spacing` helper."""
+    return retag_pixel_spacing

@@ -54,7 +54,8 @@ def test_real_nifti_keeps_dtype_and_affine(ct_dir: Path, name: str, dtype) -> No
     assert volume.shape == reference.shape
     np.testing.assert_array_equal(volume.affine, reference.affine)
     np.testing.assert_array_equal(volume.array, np.asanyarray(reference.dataobj))
-    assert volume.meta == {"source_format": "nifti", "file_name": name}
+    assert volume.meta["source_format"] == "nifti" and volume.meta["file_name"] == name
+    assert volume.meta["warnings"] == ()  # a well-formed CT in HU: nothing to warn about
 
 
 def test_nifti_bytes_sniffed_without_a_name(ct_dir: Path) -> None:
