@@ -79,17 +79,16 @@ async def segment(
     full case metrics. ``format=png`` returns a preview of three orthogonal slices instead."""
     settings = runtime.settings
     ticket, upload = await receive_case(
-        request, guard=runtime.guard, settings=settings, filename=filename or x_filename
+        request, guard=runtime.guard, settings=settings, filename=filename or x_filename, spool_dir=runtime.work_dir
     )
-    with ticket:
+    with ticket, upload:  # the spool file goes as soon as the case has run
         outcome = await segment_case(
-            partial(decode_upload, upload, max_voxels=settings.max_input_voxels, work_dir=runtime.work_dir),
+            partial(decode_upload, upload, settings=settings, work_dir=runtime.work_dir),
             segmenter=segmenter,
             ticket=ticket,
             overlap=overlap,
         )
     case_name, title = upload.case_name, upload.filename
-    del upload  # the raw bytes are not needed any more; free them before encoding
     if output_format == "png":
         body = await run_blocking(preview_png_bytes, outcome, work_dir=runtime.work_dir, title=title)
         media_type, out_name = PNG_MEDIA_TYPE, f"{case_name}_preview.png"

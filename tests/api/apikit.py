@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.errors import CaseCancelledError
 from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest
 from service.metrics_types import CaseMetrics, SegmentationResult
@@ -71,13 +72,16 @@ class FakeSegmenter:
         self._lock = threading.Lock()
         self.concurrent = 0
         self.max_concurrent = 0
+        self.cancelled = 0
 
     def warmup(self) -> None:
         if self.warmup_gate is not None:
             self.warmup_gate.wait(timeout=30)
         self.warmups += 1
 
-    def segment(self, volume: Volume, *, overlap: float | None = None) -> SegmentationResult:
+    def segment(
+        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> SegmentationResult:
         with self._lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -85,7 +89,12 @@ class FakeSegmenter:
             self.calls.append({"shape": volume.shape, "overlap": overlap})
             self.started.set()
             if self.gate is not None:
-                self.gate.wait(timeout=30)
+                # Poll like the real stitcher does between window batches.
+                deadline = time.monotonic() + 30
+                while not self.gate.wait(timeout=0.02) and time.monotonic() < deadline:
+                    if should_stop is not None and should_stop():
+                        self.cancelled += 1
+                        raise CaseCancelledError("cancelled (fake segmenter)")
             if self.seconds:
                 time.sleep(self.seconds)
             if self.error is not None:
