@@ -65,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
     from service.api.app import build_segmenter, create_app
     from service.api.logging import configure_logging
+    from service.workdir import ensure_base
 
     settings = settings_from_args(args)
     configure_logging(level=_log_level(args, settings), json_lines=settings.log_json)
+    ensure_base(settings.work_dir)  # a work folder that cannot be made is one error line, not a traceback
     # Load the model before the server starts: a bad model folder is then one clear error line
     # and exit code 3 from `swinxseg`, not a lifespan traceback. Warm-up still runs in the lifespan.
     app = create_app(settings, segmenter=build_segmenter(settings))
