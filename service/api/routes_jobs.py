@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.api.cases import receive_case
+from service.api.cases import receive_case, run_blocking
 from service.api.deps import JobsDep, RuntimeDep, SegmenterDep, require_api_key
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
 from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobView
 from service.api.uploads import case_name_of
+from service.io.readers import check_upload_header
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
@@ -83,6 +84,8 @@ async def submit_job(
         segmenter=segmenter, metrics=runtime.metrics, settings=runtime.settings, work_dir=runtime.work_dir
     )
     try:
+        # Refuse what can be refused without decoding (format, external data) now, not in the slot.
+        await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
         job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview)
     except BaseException:
         ticket.close()  # the job task never started, so the queue place is still ours

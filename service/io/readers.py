@@ -169,6 +169,22 @@ def read_volume_upload(
             raise type(exc)(message, code=exc.code) from exc
 
 
+def check_upload_header(path: Path, *, filename: str | None = None) -> str:
+    """The cheap part of reading an upload, without decoding it: the format from its leading
+    bytes (or ``filename``'s suffix) and, for MetaImage/NRRD, that the data is inline. For a
+    job, so that such an upload is refused at submission rather than when its turn comes.
+
+    Returns the format (``nifti``, ``nifti_gz``, ``nrrd``, ``metaimage``, ``zip``).
+    Raises InvalidInputError and its subclasses, as :func:`read_volume_upload`.
+    """
+    name = Path(filename).name if filename else "uploaded data"
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    fmt = _detect_format(head, name)
+    check_external_data(Path(path), fmt, name, allowed_dir=None)
+    return fmt
+
+
 def read_volume_bytes(
     data: bytes,
     *,
