@@ -3,7 +3,9 @@
 FLARE naming (``CASE_0000.nii.gz`` -> ``CASE.nii.gz``) and plain names (``x.nrrd`` -> ``x.nii.gz``);
 DICOM series folders and zips are cases too. A bad case is reported and the batch goes on.
 Masks are written atomically, and the report is rewritten after every case so that an
-interrupted batch still leaves an accurate one.
+interrupted batch still leaves an accurate one. Every entry of the input folder is in the report:
+as a case, or skipped with the reason (``service.batch_inputs``). Masks, previews and reports are
+all created with mode ``OUTPUT_FILE_MODE`` (0644).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
+from service.batch_inputs import scan_input_folder
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import InvalidInputError, SwinxsegError
 from service.input_checks import add_input_warnings, enforce_refusals
-from service.io.readers import case_name_for, find_cases, read_volume
-from service.io.writers import write_mask
+from service.io.readers import case_name_for, read_volume
+from service.io.writers import OUTPUT_FILE_MODE, write_mask
 from service.memory import peak_rss_mb
 from service.metrics_types import CaseMetrics
 from service.segmenter import Segmenter
@@ -110,6 +116,7 @@ def output_path_for(case: Path, output_dir: Path) -> Path:
 def _atomic_write_text(path: Path, text: str) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, OUTPUT_FILE_MODE)  # mkstemp makes 0600; reports read like the masks
         with os.fdopen(handle, "w", newline="") as out:
             out.write(text)
         os.replace(tmp, path)
@@ -145,10 +152,12 @@ def run_batch(
         raise InvalidInputError(f"input folder {input_dir} does not exist or is not a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    cases = find_cases(input_dir)
+    listing = scan_input_folder(input_dir)
+    cases = listing.cases
     if segmenter is None:
         segmenter = Segmenter(settings)  # the model is loaded once for the whole batch
     report = BatchReport(str(input_dir), str(output_dir), segmenter.manifest.name)
+    report.cases.extend(_not_a_case(entry, reason) for entry, reason in listing.skipped)
     log.info("batch: %d case(s) in %s with model %s on %s", len(cases), input_dir, report.model, segmenter.device)
     claimed: set[str] = set()
     iterator = progress(cases) if progress else cases
@@ -173,12 +182,23 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
             f"another input already produces {out_path.name}; rename one of them", code="duplicate_case_name"))
     claimed.add(out_path.name)
     if skip_existing and out_path.exists():
-        case.status = "skipped"
-        log.info("case %s: skipped (output exists)", case.case)
-        return case
+        problem = existing_mask_problem(out_path, case_path)
+        if problem is None:
+            case.status = "skipped"
+            case.error = "output exists and is a readable mask"
+            log.info("case %s: skipped (output exists)", case.case)
+            return case
+        log.warning("case %s: existing %s is not a usable mask (%s); segmenting again", case.case, out_path.name, problem)
     try:
         load_start = time.perf_counter()
-        volume = add_input_warnings(read_volume(case_path, max_voxels=settings.max_input_voxels))
+        volume = add_input_warnings(
+            read_volume(
+                case_path,
+                max_voxels=settings.max_input_voxels,
+                work_dir=settings.work_dir,
+                max_zip_members=settings.max_zip_members,
+            )
+        )
         # Recorded before a refusal, so the report says why the case was refused.
         case.warnings = as_dicts(warnings_of(volume))
         enforce_refusals(volume, settings.refuse_warnings)
@@ -191,7 +211,8 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         if preview:
             from service.preview import render_preview  # matplotlib only when asked for
 
-            render_preview(volume, result.mask, output_dir / f"{case.case}_preview.png", title=case.case)
+            preview_path = render_preview(volume, result.mask, output_dir / f"{case.case}_preview.png", title=case.case)
+            os.chmod(preview_path, OUTPUT_FILE_MODE)
         case.metrics.seconds["write"] = round(time.perf_counter() - write_start, 4)
         case.metrics.total_seconds = round(time.perf_counter() - case_start, 4)
         case.metrics.peak_rss_mb = round(peak_rss_mb(), 1)
@@ -211,6 +232,33 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         _fail(case, SwinxsegError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
     case.metrics.total_seconds = round(time.perf_counter() - case_start, 4)
     return case
+
+
+def _not_a_case(entry: Path, reason: str) -> CaseReport:
+    log.info("input %s: not a case: %s", entry.name, reason)
+    return CaseReport(case=entry.name, input=str(entry), output="", status="skipped", error=reason,
+                      error_code="not_a_case")
+
+
+def existing_mask_problem(mask_path: Path, case_path: Path) -> str | None:
+    """Why an existing output cannot stand for the case (None: it can): it must decompress and
+    parse completely as a 3D uint8 NIfTI, on the input's grid when the input is NIfTI (the only
+    format whose shape is known without reading it)."""
+    try:
+        image = nib.load(str(mask_path), mmap=False)
+        data = np.asanyarray(image.dataobj)  # reads every byte: a truncated gzip fails here
+    except Exception as exc:  # nibabel, gzip, zlib and OS errors alike mean "not usable"
+        return f"unreadable: {type(exc).__name__}: {exc}"[:300]
+    if data.ndim != 3 or data.dtype != np.uint8:
+        return f"not a 3D uint8 mask (shape {data.shape}, dtype {data.dtype})"
+    if case_path.name.lower().endswith((".nii", ".nii.gz")):
+        try:
+            shape = tuple(nib.load(str(case_path)).shape[:3])
+        except Exception as exc:
+            return f"the input's header cannot be read to compare shapes: {exc}"[:300]
+        if shape != data.shape:
+            return f"shape {data.shape} differs from the input's {shape}"
+    return None
 
 
 def _fail(case: CaseReport, exc: SwinxsegError) -> CaseReport:

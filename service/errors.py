@@ -80,3 +80,11 @@ class InferenceError(SwinxsegError):
 
     code = "inference_failed"
     exit_code = 4
+
+
+class CaseCancelledError(SwinxsegError):
+    """The case was cancelled (its job was deleted) between two sliding windows."""
+
+    code = "cancelled"
+    http_status = 409
+    exit_code = 5

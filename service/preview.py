@@ -171,12 +171,25 @@ def build_figure(ct: Volume, mask: Volume, *, labels: dict[int, str] | None = No
     legend_ax.axis("off")
     handles = [Patch(color=LABEL_COLOURS.get(v, _FALLBACK_COLOUR), label=f"{v} {names.get(v, 'label')}") for v in present]
     if handles:
-        legend_ax.legend(handles=handles, loc="upper left", frameon=False, labelcolor="white", fontsize=10)
+        legend = legend_ax.legend(handles=handles, loc="upper left", frameon=False, labelcolor="white", fontsize=10)
+        for text in legend.get_texts():
+            text.set_parse_math(False)  # label names are drawn as written, never as mathtext
     else:
         legend_ax.text(0.0, 0.98, "no labels", color="white", va="top", transform=legend_ax.transAxes)
     if title:
-        fig.suptitle(title, color="white", fontsize=13)
+        # The title is user text (an upload's file name): drawn literally. With mathtext on,
+        # "a$\foo$" is a parse error (500) and "$\frac...$" a formula.
+        fig.suptitle(literal_title(title), color="white", fontsize=13, parse_math=False)
     return fig
+
+
+_TITLE_MAX_CHARS = 120
+
+
+def literal_title(title: str) -> str:
+    """``title`` on one line: control characters shown as escapes, at most 120 characters."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in title)
+    return text if len(text) <= _TITLE_MAX_CHARS else text[: _TITLE_MAX_CHARS - 1] + "\u2026"
 
 
 def _draw_panel(ax, name: str, panel: Panel) -> None:

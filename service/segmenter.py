@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,6 +24,7 @@ from service.memory import GpuMemoryTracker, apply_gpu_memory_cap, peak_rss_mb
 from service.metrics_types import CaseMetrics, SegmentationResult
 from service.settings import Settings, body_threshold_hu
 from service.volume import Volume
+from service.work_limits import check_model_grid, check_window_count
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,26 @@ class Segmenter:
         self.warmed_up = True
         log.info("model %s warmed up on %s (%s)", self.manifest.name, self.device, self.backend)
 
-    def segment(self, volume: Volume, *, overlap: float | None = None) -> SegmentationResult:
-        """Segment one CT. Returns a uint8 mask with exactly ``volume``'s shape and affine."""
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        overlap: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> SegmentationResult:
+        """Segment one CT. Returns a uint8 mask with exactly ``volume``'s shape and affine.
+
+        ``should_stop`` is polled between window batches (a deleted job). Raises
+        InputTooLargeError (the model grid is over ``max_model_grid_voxels``, checked before it
+        is allocated), InvalidInputError (bad overlap; more than ``max_windows_per_case``
+        windows, checked before any runs), CaseCancelledError, InferenceError.
+        """
         overlap = self.settings.overlap if overlap is None else float(overlap)
         if not 0.0 <= overlap < 1.0:
             raise InvalidInputError(f"overlap must be in [0, 1), got {overlap}")
+        check_model_grid(
+            volume.shape, volume.affine, self.manifest.target_spacing_mm, self.settings.max_model_grid_voxels
+        )
         metrics = CaseMetrics(
             input_shape=volume.shape,
             input_spacing_mm=tuple(round(s, 6) for s in volume.spacing),
@@ -137,8 +154,9 @@ class Segmenter:
                     device=self.device,
                 )
                 metrics.model_grid_shape = tuple(int(s) for s in prepared.image.shape)
+            check_window_count(prepared.image.shape, self.roi, overlap, self.settings.max_windows_per_case)
             with self._stage(metrics, "infer"):
-                labels = self._infer(prepared, overlap, metrics)
+                labels = self._infer(prepared, overlap, metrics, should_stop)
                 del prepared.image
             with self._stage(metrics, "postprocess"):
                 restored = restore_labels(labels, prepared.record)
@@ -172,8 +190,11 @@ class Segmenter:
         budget = self.settings.gpu_mem_cap_mb * 2**20 // 2  # half the cap for activations
         return int(max(1, min(_MAX_AUTO_BATCH, budget // per_window)))
 
-    def _infer(self, prepared, overlap: float, metrics: CaseMetrics) -> np.ndarray:
+    def _infer(
+        self, prepared, overlap: float, metrics: CaseMetrics, should_stop: Callable[[], bool] | None
+    ) -> np.ndarray:
         options = dict(
+            should_stop=should_stop,
             roi=self.roi,
             overlap=overlap,
             sw_batch_size=self._window_batch_size(),

@@ -52,9 +52,28 @@ class Settings(BaseSettings):
         "table is in view). Windows that do not touch the body are skipped either way.",
     )
 
-    # Input limits
-    max_input_voxels: int = Field(800_000_000, gt=0)
-    max_upload_mb: int = Field(2048, gt=0)
+    # Input limits (docs/SERVICE.md, "Limits and security", lists each with its reason)
+    max_input_voxels: int = Field(800_000_000, gt=0, description="Voxels of the input volume, from its header (413)")
+    max_upload_mb: int = Field(2048, gt=0, description="Upload body size in MiB (413)")
+    max_model_grid_voxels: int = Field(
+        200_000_000,
+        gt=0,
+        description="Voxels of the resampled model grid and of every resampling pass, computed from the "
+        "header's shape and spacing before anything is allocated (413); 200 M float32 = 800 MB",
+    )
+    max_windows_per_case: int = Field(
+        4096, gt=0, description="Sliding windows of one case (crop + overlap), counted before any runs (422)"
+    )
+    max_zip_members: int = Field(20_000, gt=0, description="Entries of an uploaded or batch DICOM zip (413)")
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds an upload may send nothing before it is dropped (408)"
+    )
+    upload_min_bytes_per_s: int = Field(
+        65_536, ge=0, description="Average upload rate an upload must keep after the grace period (408); 0 = off"
+    )
+    upload_rate_grace_s: float = Field(
+        10.0, ge=0, description="Seconds from the start of an upload before the minimum rate applies"
+    )
 
     # Input warnings that refuse the case instead (422 warning_refused). Empty by default: each
     # warning is a doubt about the input, not proof that it is wrong, and it reaches the user in
@@ -71,7 +90,11 @@ class Settings(BaseSettings):
     api_key: str | None = None
     queue_size: int = Field(4, ge=1, description="Requests waiting for the GPU before 429")
     job_ttl_s: int = Field(3600, ge=1)
-    work_dir: Path | None = Field(None, description="Where request temp files live; default system temp")
+    work_dir: Path | None = Field(
+        None,
+        description="Where every temp file lives (uploads, zip extraction, jobs); created if missing; "
+        "default the system temp folder. Start-up removes what a previous, dead process left there",
+    )
     warmup: bool = True
 
     # Logging

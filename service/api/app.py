@@ -1,6 +1,7 @@
 """The app factory and its lifespan. Nothing here runs at import: call :func:`create_app`.
 
-Startup (lifespan): make the per-app temp folder, load the model (a failure stops the server,
+Startup (lifespan): make the per-app temp folder (:mod:`service.workdir`, which also removes
+what dead servers left), load the model (a failure stops the server,
 which is what an operator wants from a bad model folder), then warm it up in the background so
 ``/healthz`` answers at once and ``/readyz`` turns 200 only when the first request will be fast.
 Shutdown: stop the reaper, cancel queued jobs, wait for a running inference, remove the folder.
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from service.api.middleware import RequestContextMiddleware
 from service.api.routes_ops import service_version
 from service.api.runtime import Runtime
 from service.settings import Settings
+from service.workdir import claim_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _lifespan(injected: SegmenterLike | None) -> Callable[[FastAPI], AbstractAsy
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings: Settings = app.state.settings
-        work_dir = Path(tempfile.mkdtemp(prefix="swinxseg-", dir=settings.work_dir))
+        claimed = claim_work_dir(settings.work_dir)  # sweeps what dead servers left behind
+        work_dir = claimed.path
         try:
             runtime = _start_runtime(app, settings, work_dir)
             segmenter = injected if injected is not None else await run_blocking(build_segmenter, settings)
@@ -92,7 +93,7 @@ def _lifespan(injected: SegmenterLike | None) -> Callable[[FastAPI], AbstractAsy
                 await asyncio.gather(*background, return_exceptions=True)
                 await runtime.jobs.close()
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            claimed.release()
             log.info("stopped; removed %s", work_dir)
 
     return lifespan

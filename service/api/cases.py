@@ -20,10 +20,11 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from service.api.gpu_guard import GpuGuard, Ticket
+from service.api.upload_pace import UploadPace
 from service.api.uploads import Upload, check_content_length, check_media_type, media_type_of, read_upload
 from service.case_warnings import CaseWarning, warnings_of
 from service.input_checks import screen_input
-from service.io.readers import read_volume_bytes
+from service.io.readers import read_volume_upload
 from service.io.writers import mask_to_nifti_bytes
 from service.metrics_types import CaseMetrics, SegmentationResult
 from service.settings import Settings
@@ -43,7 +44,9 @@ class SegmenterLike(Protocol):
 
     def warmup(self) -> None: ...
 
-    def segment(self, volume: Volume, *, overlap: float | None = None) -> SegmentationResult: ...
+    def segment(
+        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> SegmentationResult: ...
 
 
 @dataclass
@@ -73,17 +76,21 @@ async def run_blocking(func, /, *args, **kwargs):
 
 
 def decode_upload(
-    upload: Upload, *, max_voxels: int, work_dir: Path, refuse_warnings: Collection[str] = ()
+    upload: Upload, *, settings: Settings, work_dir: Path, refuse_warnings: Collection[str] = ()
 ) -> Volume:
-    """The CT in ``upload`` (blocking), with its warnings (``meta["warnings"]``); ``work_dir``
-    takes the reader's temporary copy.
+    """The CT in ``upload``'s spool file (blocking), with its warnings (``meta["warnings"]``);
+    ``work_dir`` takes a zip's extraction.
 
     Raises:
         InvalidInputError (and subclasses): unreadable input; ``WarningRefusedError`` when a
         warning's code is in ``refuse_warnings``.
     """
-    volume = read_volume_bytes(
-        upload.data, filename=upload.reader_filename, max_voxels=max_voxels, work_dir=work_dir
+    volume = read_volume_upload(
+        upload.path,
+        filename=upload.reader_filename,
+        max_voxels=settings.max_input_voxels,
+        work_dir=work_dir,
+        max_zip_members=settings.max_zip_members,
     )
     return screen_input(volume, refuse=refuse_warnings)
 
@@ -96,13 +103,15 @@ async def segment_case(
     overlap: float | None,
     load_in_slot: bool = False,
     on_running: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> CaseOutcome:
     """Run the blocking ``load()`` (read + decode the CT), then ``segment`` holding the slot.
 
     ``load_in_slot=False`` (synchronous requests) decodes before queueing, so a corrupt upload
     is refused without waiting and decoding overlaps the running case. ``True`` (jobs) decodes
     only once the slot is held, so queued jobs wait as files on disk rather than as decoded
-    volumes in memory. ``on_running`` is called once the slot is held.
+    volumes in memory. ``on_running`` is called once the slot is held; ``should_stop`` is handed
+    to the segmenter, which polls it between window batches.
     """
     started = time.perf_counter()
     volume = None if load_in_slot else await run_blocking(load)
@@ -114,7 +123,8 @@ async def segment_case(
         if volume is None:
             volume = await run_blocking(load)
         load_seconds = time.perf_counter() - started - queue_seconds
-        result = await run_blocking(segmenter.segment, volume, overlap=overlap)
+        stop = {} if should_stop is None else {"should_stop": should_stop}
+        result = await run_blocking(segmenter.segment, volume, overlap=overlap, **stop)
     result.metrics.seconds.setdefault("load", round(load_seconds, 4))
     return CaseOutcome(ct=volume, result=result, queue_seconds=queue_seconds, started=started)
 
@@ -146,19 +156,30 @@ def preview_png_bytes(outcome: CaseOutcome, *, work_dir: Path, title: str | None
         path.unlink(missing_ok=True)
 
 
-async def receive_case(
-    request: Request, *, guard: GpuGuard, settings: Settings, filename: str | None
-) -> tuple[Ticket, Upload]:
-    """Cheap refusals first (415, 413 by Content-Length), then a queue place (429), then the body.
+def upload_pace(settings: Settings) -> UploadPace:
+    return UploadPace(
+        idle_timeout_s=settings.upload_idle_timeout_s,
+        min_bytes_per_s=settings.upload_min_bytes_per_s,
+        grace_s=settings.upload_rate_grace_s,
+    )
 
-    The caller owns the returned ticket and must close it (``with ticket:``).
+
+async def receive_case(
+    request: Request, *, guard: GpuGuard, settings: Settings, filename: str | None, spool_dir: Path
+) -> tuple[Ticket, Upload]:
+    """Cheap refusals first (415, 413 by Content-Length), then a queue place (429), then the body
+    (streamed to a spool file in ``spool_dir``; 408 when it stalls or crawls).
+
+    The caller owns the returned ticket and upload and must close both (``with ticket, upload:``).
     """
     limit = settings.max_upload_mb * 2**20
     check_media_type(media_type_of(request))
     check_content_length(request, limit)
     ticket = guard.admit()
     try:
-        upload = await read_upload(request, limit_bytes=limit, filename=filename)
+        upload = await read_upload(
+            request, limit_bytes=limit, spool_dir=spool_dir, pace=upload_pace(settings), filename=filename
+        )
     except BaseException:
         ticket.close()
         raise

@@ -40,6 +40,7 @@ class GpuGuard:
         self.in_flight = 0  # holding the slot (0 or 1)
         self._slot = asyncio.Semaphore(1)
         self._mean_case_seconds = _INITIAL_CASE_SECONDS
+        self._running_since: float | None = None  # monotonic start of the case holding the slot
 
     def admit(self) -> Ticket:
         """Take a queue place or raise :class:`QueueFullError` with a ``Retry-After`` estimate."""
@@ -52,9 +53,19 @@ class GpuGuard:
         return Ticket(self)
 
     def retry_after_s(self) -> int:
-        """Seconds until a queue place is likely free: the mean case time times the cases ahead."""
-        ahead = self.waiting + self.in_flight
-        return int(min(_MAX_RETRY_AFTER_S, max(1, math.ceil(self._mean_case_seconds * max(ahead, 1)))))
+        """Seconds until the queue has worked through the cases ahead: what is left of the running
+        case plus one case time per waiting case. The case time is the moving average of recent
+        cases, but never less than the running case has already taken (a run of small cases
+        must not make a long one look short); the running case is assumed to need at least
+        half a case time more."""
+        per_case = self._mean_case_seconds
+        remaining = 0.0
+        if self._running_since is not None:
+            elapsed = time.monotonic() - self._running_since
+            per_case = max(per_case, elapsed)
+            remaining = max(per_case - elapsed, 0.5 * per_case)
+        estimate = remaining + self.waiting * per_case
+        return int(min(_MAX_RETRY_AFTER_S, max(1, math.ceil(estimate))))
 
     def _record(self, seconds: float) -> None:
         # Exponential moving average: follows a change of case sizes within a few cases.
@@ -77,10 +88,11 @@ class Ticket:
         guard.waiting -= 1
         guard.in_flight += 1
         self._state = "running"
-        started = time.monotonic()
+        started = guard._running_since = time.monotonic()
         try:
             yield
         finally:
+            guard._running_since = None
             guard.in_flight -= 1
             guard._record(time.monotonic() - started)
             self._state = "done"

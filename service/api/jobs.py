@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -33,7 +35,7 @@ from service.api.cases import (
     run_blocking,
     segment_case,
 )
-from service.api.errors import INTERNAL_ERROR_CODE, ConflictError, GoneError, NotFoundError
+from service.api.errors import INTERNAL_ERROR_CODE, GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
@@ -41,6 +43,7 @@ from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
+from service.settings import Settings
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ class Job:
     warnings: list[dict[str, str]] = field(default_factory=list)  # the input's, once decoded
     error: tuple[str, str] | None = None  # (code, detail)
     task: asyncio.Task | None = field(default=None, repr=False)
+    # Set by DELETE (and shutdown): the worker thread polls it between window batches.
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def mask_path(self) -> Path:
@@ -88,9 +93,8 @@ class JobContext:
 
     segmenter: SegmenterLike
     metrics: ServiceMetrics
-    max_voxels: int
+    settings: Settings
     work_dir: Path
-    refuse_warnings: frozenset[str] = frozenset()
 
 
 class JobStore:
@@ -127,8 +131,8 @@ class JobStore:
             created_at=self.clock(),
         )
         try:
-            # A queued job waits as a file, not as bytes in memory (it is decoded in the slot).
-            await run_blocking(job.input_path.write_bytes, upload.data)
+            # A queued job waits as a file (the spool file, moved), decoded only in the slot.
+            os.replace(upload.path, job.input_path)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -145,12 +149,15 @@ class JobStore:
         raise NotFoundError(f"no job {job_id}")
 
     def delete(self, job_id: str) -> None:
-        """Remove a queued or finished job and its files; a running one cannot be stopped (409)."""
+        """Remove a job and its files. A queued job gives its queue place back at once; a running
+        one is told to stop and does so before its next window batch, which frees the inference
+        slot (its thread cannot be interrupted mid-window); it writes nothing after that."""
         job = self.get(job_id)
-        if job.status == "running":
-            raise ConflictError(f"job {job_id} is running; delete it once it is done")
-        if job.task is not None and not job.task.done():
+        job.cancel.set()
+        if job.task is not None and not job.task.done() and job.status != "running":
             job.task.cancel()  # queued: its ticket gives the queue place back
+        if job.status == "running":
+            log.info("job %s deleted while running: stopping it at the next window", job.id)
         self._forget(job)
 
     def reap(self) -> list[str]:
@@ -175,6 +182,8 @@ class JobStore:
     async def close(self) -> None:
         """Shutdown: cancel queued jobs, wait for a running one (its thread cannot be stopped)."""
         tasks = [job.task for job in self._jobs.values() if job.task is not None and not job.task.done()]
+        for job in self._jobs.values():
+            job.cancel.set()  # a running case stops at its next window instead of finishing
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -188,41 +197,53 @@ class JobStore:
     # ------------------------------------------------------------------ worker
     @staticmethod
     def _load_input(job: Job, context: JobContext) -> Volume:
-        upload = Upload(data=job.input_path.read_bytes(), filename=job.filename, media_type=job.media_type)
-        volume = decode_upload(upload, max_voxels=context.max_voxels, work_dir=context.work_dir)
+        upload = Upload(path=job.input_path, filename=job.filename, media_type=job.media_type)
+        volume = decode_upload(upload, settings=context.settings, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
         # Kept before the refusal check, so the job status says what a refusal was about.
         job.warnings = as_dicts(warnings_of(volume))
-        enforce_refusals(volume, context.refuse_warnings)
+        enforce_refusals(volume, context.settings.refuse_warnings)
         return volume
 
     async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
         with ticket:
             try:
-                outcome = await segment_case(
-                    partial(self._load_input, job, context),
-                    segmenter=context.segmenter,
-                    ticket=ticket,
-                    overlap=overlap,
-                    load_in_slot=True,
-                    on_running=lambda: self._start(job),
-                )
-                mask = await run_blocking(encode_mask, outcome)
-                await run_blocking(job.mask_path.write_bytes, mask)
-                if job.want_preview:
-                    await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
-                context.metrics.observe_case(
-                    outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds
-                )
-                job.metrics = outcome.metrics.to_dict()
-                self._finish(job, "done")
+                await self._execute(job, ticket, context, overlap)
             except asyncio.CancelledError:
                 raise
-            except SwinxsegError as exc:
-                self._fail(job, context, exc.code, exc.message)
-            except Exception:
-                log.exception("job %s failed unexpectedly", job.id)
-                self._fail(job, context, INTERNAL_ERROR_CODE, "internal error; the server log has the details")
+            except Exception as exc:
+                if job.cancel.is_set():
+                    log.info("job %s stopped after it was deleted (%s)", job.id, exc)
+                elif isinstance(exc, SwinxsegError):
+                    self._fail(job, context, exc.code, exc.message)
+                else:
+                    log.exception("job %s failed unexpectedly", job.id)
+                    self._fail(job, context, INTERNAL_ERROR_CODE, "internal error; the server log has the details")
+            finally:
+                if job.cancel.is_set():  # deleted meanwhile: whatever the worker wrote goes too
+                    shutil.rmtree(job.folder, ignore_errors=True)
+
+    async def _execute(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
+        outcome = await segment_case(
+            partial(self._load_input, job, context),
+            segmenter=context.segmenter,
+            ticket=ticket,
+            overlap=overlap,
+            load_in_slot=True,
+            on_running=lambda: self._start(job),
+            should_stop=job.cancel.is_set,
+        )
+        if job.cancel.is_set():
+            return
+        mask = await run_blocking(encode_mask, outcome)
+        await run_blocking(job.mask_path.write_bytes, mask)
+        if job.want_preview:
+            await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
+        context.metrics.observe_case(
+            outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds
+        )
+        job.metrics = outcome.metrics.to_dict()
+        self._finish(job, "done")
 
     def _fail(self, job: Job, context: JobContext, code: str, detail: str) -> None:
         context.metrics.failures.labels(reason=code).inc()

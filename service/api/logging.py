@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+
+# Characters that could end a log line or rewrite a terminal: C0/C1 controls (newline, CR, ESC...)
+# and the Unicode line/paragraph separators some viewers break lines at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as a Python escape (``\\n``, ``\\x1b``):
+    a URL path, file name or header logged from a request can then never forge a log line."""
+    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def _safe(value: object) -> object:
+    return escape_controls(value) if isinstance(value, str) else value
+
 
 request_id_var: ContextVar[str | None] = ContextVar("swinxseg_request_id", default=None)
 
@@ -39,28 +55,43 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape_controls(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                payload[key] = value
+                payload[key] = _safe(value)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
 class TextFormatter(logging.Formatter):
-    """Plain lines for a terminal, still with the request id and the extra fields."""
+    """Plain lines for a terminal, still with the request id and the extra fields.
+
+    One record is one line: controls in the message and the extra fields are escaped; a
+    traceback follows on lines that start with ``  | ``, so no text of it can pass for a record."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's API
+        text = super().formatException(ei)
+        return "\n".join("  | " + escape_controls(line) for line in text.splitlines())
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's API
+        return "\n".join("  | " + escape_controls(line) for line in stack_info.splitlines())
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
         if extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+            head, sep, rest = line.partition("\n")  # extras go on the record's own line
+            head += " " + " ".join(f"{k}={escape_controls(str(v))}" for k, v in extra.items())
+            line = head + sep + rest
         return line
 
 

@@ -7,20 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from service.api.cases import receive_case
+from service.api.cases import receive_case, run_blocking
 from service.api.deps import JobsDep, RuntimeDep, SegmenterDep, require_api_key
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
 from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobView
 from service.api.uploads import case_name_of
+from service.io.readers import check_upload_header
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 JobId = Annotated[str, Path(max_length=64, description="the id returned by POST /v1/jobs")]
 _JOB_ERRORS: dict[int | str, dict] = {status: ERROR_RESPONSES[status] for status in (401, 503)} | {
     404: {"model": ErrorBody, "description": "no such job"},
-    409: {"model": ErrorBody, "description": "the job is not done (or is running, for DELETE)"},
+    409: {"model": ErrorBody, "description": "the job is not done"},
     410: {"model": ErrorBody, "description": "the job's results expired"},
     # Our error shape, not FastAPI's default HTTPValidationError (which these routes never send).
     422: {"model": ErrorBody, "description": "the job id is invalid (longer than 64 characters)"},
@@ -74,19 +75,22 @@ async def submit_job(
     """Same input as ``POST /v1/segment``. Answers at once with the job's id and links; the job
     holds a queue place (429 when the queue is full) until it has run."""
     ticket, upload = await receive_case(
-        request, guard=runtime.guard, settings=runtime.settings, filename=filename or x_filename
+        request,
+        guard=runtime.guard,
+        settings=runtime.settings,
+        filename=filename or x_filename,
+        spool_dir=runtime.work_dir,
     )
     context = JobContext(
-        segmenter=segmenter,
-        metrics=runtime.metrics,
-        max_voxels=runtime.settings.max_input_voxels,
-        refuse_warnings=runtime.settings.refuse_warnings,
-        work_dir=runtime.work_dir,
+        segmenter=segmenter, metrics=runtime.metrics, settings=runtime.settings, work_dir=runtime.work_dir
     )
     try:
+        # Refuse what can be refused without decoding (format, external data) now, not in the slot.
+        await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
         job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview)
     except BaseException:
         ticket.close()  # the job task never started, so the queue place is still ours
+        upload.discard()
         raise
     view = job_view(job, runtime.jobs, request)
     return JSONResponse(view.model_dump(mode="json"), status_code=202, headers={"Location": view.links.self})
@@ -127,6 +131,7 @@ async def get_job_preview(job_id: JobId, jobs: JobsDep) -> FileResponse:
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_JOB_ERRORS)
 async def delete_job(job_id: JobId, jobs: JobsDep) -> Response:
-    """Delete a queued or finished job and its files (a running job answers 409)."""
+    """Delete a job and its files. A running job stops before its next window batch, then the
+    inference slot goes to the next case."""
     jobs.delete(job_id)
     return Response(status_code=204)

@@ -84,14 +84,14 @@ async def segment(
     (``[]`` when none). ``format=png`` returns a preview of three orthogonal slices instead."""
     settings = runtime.settings
     ticket, upload = await receive_case(
-        request, guard=runtime.guard, settings=settings, filename=filename or x_filename
+        request, guard=runtime.guard, settings=settings, filename=filename or x_filename, spool_dir=runtime.work_dir
     )
-    with ticket:
+    with ticket, upload:  # the spool file goes as soon as the case has run
         outcome = await segment_case(
             partial(
                 decode_upload,
                 upload,
-                max_voxels=settings.max_input_voxels,
+                settings=settings,
                 work_dir=runtime.work_dir,
                 refuse_warnings=settings.refuse_warnings,
             ),
@@ -100,7 +100,6 @@ async def segment(
             overlap=overlap,
         )
     case_name, title = upload.case_name, upload.filename
-    del upload  # the raw bytes are not needed any more; free them before encoding
     if output_format == "png":
         body = await run_blocking(preview_png_bytes, outcome, work_dir=runtime.work_dir, title=title)
         media_type, out_name = PNG_MEDIA_TYPE, f"{case_name}_preview.png"

@@ -17,6 +17,10 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Request line + headers a client may send (bytes); larger is uvicorn's (JSON) 400. uvicorn's
+# default, written out so the limit is documented.
+H11_MAX_HEADER_BYTES = 16 * 1024
+
 # flag dest -> Settings field
 _FLAG_FIELDS = {
     "host": "host",
@@ -61,16 +65,27 @@ def _log_level(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from service.api.app import build_segmenter, create_app
     from service.api.logging import configure_logging
+    from service.workdir import ensure_base
 
     settings = settings_from_args(args)
     configure_logging(level=_log_level(args, settings), json_lines=settings.log_json)
+    ensure_base(settings.work_dir)  # a work folder that cannot be made is one error line, not a traceback
     # Load the model before the server starts: a bad model folder is then one clear error line
     # and exit code 3 from `swinxseg`, not a lifespan traceback. Warm-up still runs in the lifespan.
     app = create_app(settings, segmenter=build_segmenter(settings))
+    return serve_app(app, settings)
+
+
+def serve_app(app, settings: Settings) -> int:
+    """Run ``app`` under uvicorn with the service's options (one worker, JSON 400s, our logging);
+    returns the exit code."""
+    import uvicorn
+
+    from service.api.http_protocol import JsonErrorH11Protocol
+
     log.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
     try:
         uvicorn.run(
@@ -81,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
             log_config=None,  # keep our handlers (JSON lines) instead of uvicorn's dictConfig
             access_log=False,  # our middleware writes the access line, with the request id
             server_header=False,
+            http=JsonErrorH11Protocol,  # uvicorn's own 400s in our JSON error shape
+            h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES,
             timeout_graceful_shutdown=30,
         )
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model load) fails

@@ -1,17 +1,24 @@
-"""Reading the CT out of a request: raw body or multipart field ``file``, streamed under a size cap.
+"""Reading the CT out of a request: raw body or multipart field ``file``, streamed to disk under caps.
 
-The body is read chunk by chunk and refused with 413 the moment it crosses ``max_upload_mb``
-(and up front when ``Content-Length`` already says so), so an oversized upload is never
-buffered whole. Multipart is parsed with python-multipart's streaming parser straight into
-memory: the volume readers take bytes anyway, and no spool file is left to clean up.
+The body is read chunk by chunk straight into a private spool file (mode 0600) in the server's
+work folder, so an upload costs one chunk of memory (tens of KB), not its size. It is refused
+with 413 the moment it crosses ``max_upload_mb`` (and up front when ``Content-Length`` already
+says so), and with 408 when it stalls or crawls (:mod:`service.api.upload_pace`). Multipart is
+parsed with python-multipart's streaming parser, its ``file`` field written to the spool file.
+Whatever ends a read early removes the spool file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
@@ -19,6 +26,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.api.errors import BadRequestError
+from service.api.upload_pace import UploadPace
 from service.errors import InputTooLargeError, UnsupportedFormatError
 
 MULTIPART = "multipart/form-data"
@@ -47,11 +55,24 @@ _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 @dataclass
 class Upload:
-    """The uploaded bytes and what the client told us about them."""
+    """The uploaded file (spooled to ``path``, ``size`` bytes) and what the client told us about it.
 
-    data: bytes
+    The spool file belongs to whoever holds the Upload: :meth:`discard` it (or use the Upload as
+    a context manager), or move it (a job keeps it as its input file)."""
+
+    path: Path
     filename: str | None
     media_type: str
+    size: int = 0
+
+    def discard(self) -> None:
+        Path(self.path).unlink(missing_ok=True)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
 
     @property
     def reader_filename(self) -> str | None:
@@ -107,10 +128,21 @@ def check_content_length(request: Request, limit_bytes: int) -> None:
         raise _too_large(limit_bytes)
 
 
-async def _limited(request: Request, limit_bytes: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit_bytes: int, pace: UploadPace) -> AsyncIterator[bytes]:
+    """The body's chunks, each wait bounded by ``pace``, the total by ``limit_bytes``."""
     received = 0
+    stream = request.stream()
     try:
-        async for chunk in request.stream():
+        while True:
+            wait_s = pace.next_wait_s(received)
+            waiting_since = time.monotonic()
+            try:
+                async with asyncio.timeout(wait_s):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise pace.timed_out(received, time.monotonic() - waiting_since) from None
             received += len(chunk)
             if received > limit_bytes:
                 raise _too_large(limit_bytes)
@@ -118,30 +150,58 @@ async def _limited(request: Request, limit_bytes: int) -> AsyncIterator[bytes]:
                 yield chunk
     except ClientDisconnect:
         raise BadRequestError("the client disconnected before the upload was complete") from None
+    finally:
+        await stream.aclose()
 
 
-async def read_upload(request: Request, *, limit_bytes: int, filename: str | None = None) -> Upload:
-    """Read the CT from ``request``; ``filename`` is the query/header hint for a raw body."""
+def _open_spool(spool_dir: Path) -> tuple[BinaryIO, Path]:
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=spool_dir)  # 0600
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+async def read_upload(
+    request: Request,
+    *,
+    limit_bytes: int,
+    spool_dir: Path,
+    pace: UploadPace | None = None,
+    filename: str | None = None,
+) -> Upload:
+    """Stream the CT in ``request`` to a spool file in ``spool_dir``; ``filename`` is the
+    query/header hint for a raw body.
+
+    Raises:
+        UnsupportedFormatError (415), InputTooLargeError (413), BadRequestError (400: empty,
+        malformed multipart, client gone), UploadTimeoutError (408: stalled or too slow).
+    """
     media_type = media_type_of(request)
     check_media_type(media_type)
     check_content_length(request, limit_bytes)
-    if media_type == MULTIPART:
-        data, part_name = await _read_multipart(request, limit_bytes)
-        filename = part_name or filename
-    else:
-        chunks = [chunk async for chunk in _limited(request, limit_bytes)]
-        data = b"".join(chunks)
-        del chunks
-    if not data:
-        raise BadRequestError("the request carries no CT: the body (or its 'file' field) is empty")
-    return Upload(data=data, filename=filename, media_type=media_type)
+    pace = pace or UploadPace()
+    out, path = _open_spool(spool_dir)
+    try:
+        with out:
+            if media_type == MULTIPART:
+                filename = await _read_multipart(request, limit_bytes, pace, out) or filename
+            else:
+                # Small synchronous writes: they land in the page cache in microseconds.
+                async for chunk in _limited(request, limit_bytes, pace):
+                    out.write(chunk)
+            size = out.tell()
+        if not size:
+            raise BadRequestError("the request carries no CT: the body (or its 'file' field) is empty")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Upload(path=path, filename=filename, media_type=media_type, size=size)
 
 
 class _FileFieldCollector:
-    """python-multipart callbacks that keep the data of field ``file`` and ignore other fields."""
+    """python-multipart callbacks that write the data of field ``file`` to ``out`` and ignore
+    other fields."""
 
-    def __init__(self) -> None:
-        self.data = bytearray()
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
         self.filename: str | None = None
         self.found = False
         self._in_file = False
@@ -178,22 +238,23 @@ class _FileFieldCollector:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
-            self.data.extend(data[start:end])
+            self.out.write(data[start:end])
 
 
-async def _read_multipart(request: Request, limit_bytes: int) -> tuple[bytes, str | None]:
+async def _read_multipart(request: Request, limit_bytes: int, pace: UploadPace, out: BinaryIO) -> str | None:
+    """Write field ``file`` to ``out``; returns the part's file name."""
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequestError("multipart/form-data without a boundary parameter")
-    collector = _FileFieldCollector()
+    collector = _FileFieldCollector(out)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
-        async for chunk in _limited(request, limit_bytes):
+        async for chunk in _limited(request, limit_bytes, pace):
             parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise BadRequestError(f"malformed multipart body: {exc}") from None
     if not collector.found:
         raise BadRequestError(f"multipart body has no '{FILE_FIELD}' field")
-    return bytes(collector.data), collector.filename
+    return collector.filename

@@ -58,7 +58,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from service.errors import InferenceError
+from service.errors import CaseCancelledError, InferenceError
 from service.inference.predictors import Predictor
 from service.inference.windows import Triple, gaussian_importance, window_grid
 
@@ -189,8 +189,10 @@ class _Runner:
         sink: _LabelSink | _ScoreSink,
         batch_size: int,
         on_slab: Callable[[int, int], None] | None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.image, self.predictor, self.roi = image, predictor, roi
+        self.should_stop = should_stop
         self.importance, self.slab, self.sink = importance, slab, sink
         self.batch_size = batch_size
         self.on_slab = on_slab
@@ -200,6 +202,9 @@ class _Runner:
     def run(self, windows: Sequence[Window]) -> None:
         i = 0
         while i < len(windows):
+            if self.should_stop is not None and self.should_stop():
+                # Between window batches: nothing half-blended is kept, the caller frees the slot.
+                raise CaseCancelledError(f"cancelled after {self.windows_run} of {len(windows)} windows")
             chunk = windows[i : i + self.batch_size]
             oom = False
             try:
@@ -404,6 +409,7 @@ def sliding_window_labels(
     body: BodyRegion | None = None,
     output: Literal["labels", "scores"] = "labels",
     on_slab: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> StitchResult:
     """Gaussian-blended sliding-window inference over ``image``, streamed along ``stream_axis``.
 
@@ -422,9 +428,11 @@ def sliding_window_labels(
             blended logits (memory heavy on the host; for tests).
         on_slab: called as ``on_slab(start, stop)`` after each finalised slab reaches the host;
             indices along the streamed axis (``StitchResult.stream_axis``).
+        should_stop: polled before each window batch; when it returns True the run stops.
 
     Raises:
         StitchOutOfMemory: CUDA ran out of memory at batch size 1 or while stitching.
+        CaseCancelledError: ``should_stop()`` returned True.
     """
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(image)
@@ -458,6 +466,7 @@ def sliding_window_labels(
         sink=sink,
         batch_size=sw_batch_size,
         on_slab=on_slab,
+        should_stop=should_stop,
     )
     _run_or_release(runner, windows)
     logger.debug(

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -42,6 +43,8 @@ from service.errors import (
     UnsupportedFormatError,
 )
 from service.io import dicom_checks
+from service.io.archive_limits import check_zip_directory
+from service.io.external_data import check_external_data
 from service.io.nifti_header import nifti_geometry
 from service.volume import Volume
 
@@ -59,6 +62,8 @@ def _simpleitk():
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_VOXELS = 800_000_000
+#: Entries a DICOM zip may hold (each costs a file and a header parse); see Settings.max_zip_members.
+DEFAULT_MAX_ZIP_MEMBERS = 20_000
 
 #: File suffixes (lower case) of the single-file formats; ``.zip`` holds a DICOM series.
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -98,13 +103,24 @@ _SUPPORTED_TEXT = (
 # --------------------------------------------------------------------------- public API
 
 
-def read_volume(path: Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
+def read_volume(
+    path: Path,
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    work_dir: Path | None = None,
+    max_zip_members: int = DEFAULT_MAX_ZIP_MEMBERS,
+) -> Volume:
     """Read a CT volume from a file or a DICOM series folder.
 
     Args:
         path: a NIfTI/NRRD/MetaImage file, a ``.zip`` of one DICOM series, or a folder holding
             one DICOM series.
         max_voxels: refuse volumes with more voxels than this (checked from the header).
+        work_dir: where a zip is extracted (default: the system temp folder).
+        max_zip_members: refuse a zip with more entries than this.
+
+    A MetaImage/NRRD header may name a separate data file only inside the file's own folder
+    (see :mod:`service.io.external_data`).
 
     Returns:
         The volume: array in the file's own voxel order (dtype kept, integer or float),
@@ -119,12 +135,62 @@ def read_volume(path: Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     if path.is_dir():
         return _read_dicom_folder(path, name, max_voxels)
     if not path.is_file():
-        raise InvalidInputError(f"{name}: no such file or folder")
+        raise InvalidInputError(f"{name}: no such file or folder (or not a regular file)")
     with _library_errors(f"{name} could not be opened"):
         with path.open("rb") as fh:
             head = fh.read(_SNIFF_BYTES)
     fmt = _detect_format(head, name)
-    return _read_by_format(path, fmt, name, max_voxels)
+    options = _ReadOptions(data_dir=path.parent, work_dir=work_dir, max_zip_members=max_zip_members)
+    return _read_by_format(path, fmt, name, max_voxels, options)
+
+
+def read_volume_upload(
+    path: Path,
+    *,
+    filename: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    work_dir: Path | None = None,
+    max_zip_members: int = DEFAULT_MAX_ZIP_MEMBERS,
+) -> Volume:
+    """Read an uploaded file already spooled to ``path`` (its name says nothing; ``filename``
+    is the client's). The format is sniffed from the bytes, the suffix of ``filename`` is the
+    fallback. An upload is read only from its own bytes: a header naming another data file is
+    refused (415). ``path`` is left in place; a suffixed hard link (or copy) is made next to it for
+    the libraries that pick a reader by suffix, and removed.
+
+    Raises:
+        InvalidInputError and its subclasses, as :func:`read_volume`.
+    """
+    name = Path(filename).name if filename else "uploaded data"
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    fmt = _detect_format(head, name)
+    options = _ReadOptions(data_dir=None, work_dir=work_dir, max_zip_members=max_zip_members)
+    with _suffixed(Path(path), _TEMP_SUFFIX[fmt]) as tmp:
+        try:
+            return _read_by_format(tmp, fmt, name, max_voxels, options)
+        except SwinxsegError as exc:
+            # Library messages may mention the temp path; people only know the upload's name.
+            message = str(exc).replace(str(tmp), name)
+            if message == str(exc):
+                raise
+            raise type(exc)(message, code=exc.code) from exc
+
+
+def check_upload_header(path: Path, *, filename: str | None = None) -> str:
+    """The cheap part of reading an upload, without decoding it: the format from its leading
+    bytes (or ``filename``'s suffix) and, for MetaImage/NRRD, that the data is inline. For a
+    job, so that such an upload is refused at submission rather than when its turn comes.
+
+    Returns the format (``nifti``, ``nifti_gz``, ``nrrd``, ``metaimage``, ``zip``).
+    Raises InvalidInputError and its subclasses, as :func:`read_volume_upload`.
+    """
+    name = Path(filename).name if filename else "uploaded data"
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    fmt = _detect_format(head, name)
+    check_external_data(Path(path), fmt, name, allowed_dir=None)
+    return fmt
 
 
 def read_volume_bytes(
@@ -148,16 +214,9 @@ def read_volume_bytes(
         work_dir: where the temporary file goes (default: the system temp folder).
     """
     name = Path(filename).name if filename else "uploaded data"
-    fmt = _detect_format(bytes(data[:_SNIFF_BYTES]), name)
-    with _temporary_copy(data, _TEMP_SUFFIX[fmt], work_dir) as tmp:
-        try:
-            return _read_by_format(tmp, fmt, name, max_voxels)
-        except SwinxsegError as exc:
-            # Library messages may mention the temp path; people only know the upload's name.
-            message = str(exc).replace(str(tmp), name)
-            if message == str(exc):
-                raise
-            raise type(exc)(message, code=exc.code) from exc
+    _detect_format(bytes(data[:_SNIFF_BYTES]), name)  # refuse garbage before writing it anywhere
+    with _temporary_copy(data, ".bin", work_dir) as tmp:
+        return read_volume_upload(tmp, filename=filename, max_voxels=max_voxels, work_dir=work_dir)
 
 
 def case_name_for(path: Path) -> str:
@@ -326,13 +385,28 @@ def _has_case_suffix(path: Path) -> bool:
 # --------------------------------------------------------------------------- dispatch and helpers
 
 
-def _read_by_format(path: Path, fmt: str, name: str, max_voxels: int) -> Volume:
+@dataclass(frozen=True)
+class _ReadOptions:
+    """Where a file may take its data from and where a zip is unpacked.
+
+    ``data_dir``: the only folder a MetaImage/NRRD header may name a data file in; None = inline
+    data only (uploads)."""
+
+    data_dir: Path | None
+    work_dir: Path | None
+    max_zip_members: int
+
+
+def _read_by_format(path: Path, fmt: str, name: str, max_voxels: int, options: _ReadOptions) -> Volume:
     if fmt in ("nifti", "nifti_gz"):
         return _read_nifti(path, name, max_voxels, compressed=fmt == "nifti_gz")
     if fmt in ("nrrd", "metaimage"):
+        # Before ITK sees the file: ITK would follow a data-file name wherever it points.
+        with _library_errors(f"{name} could not be opened"):
+            check_external_data(path, fmt, name, allowed_dir=options.data_dir)
         return _read_sitk_file(path, name, fmt, max_voxels)
     if fmt == "zip":
-        return _read_dicom_zip(path, name, max_voxels)
+        return _read_dicom_zip(path, name, max_voxels, options)
     raise UnsupportedFormatError(f"{name}: unsupported format {fmt}")  # pragma: no cover
 
 
@@ -366,6 +440,24 @@ def _describe(exc: BaseException) -> str:
 
 _ITK_OBJECT_PREFIX = re.compile(r"^\w+\(0x[0-9a-fA-F]+\):\s*")
 _NRRD_FUNCTION_PREFIX = re.compile(r"^_?nrrd\w*:\s*")
+
+
+@contextmanager
+def _suffixed(path: Path, suffix: str) -> Iterator[Path]:
+    """``path`` under a name ending in ``suffix`` (a hard link next to it, a copy where links
+    are not possible), removed on exit; ``path`` itself when it already has the suffix."""
+    if path.name.lower().endswith(suffix):
+        yield path
+        return
+    view = path.with_name(f"{path.name}{suffix}")
+    try:
+        os.link(path, view)
+    except OSError:
+        shutil.copyfile(path, view)
+    try:
+        yield view
+    finally:
+        view.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -513,10 +605,15 @@ def _nifti_from_stream(fh: BinaryIO) -> nib.Nifti1Image:
 # --------------------------------------------------------------------------- NRRD / MetaImage
 
 
+_SITK_IMAGE_IO = {"nrrd": "NrrdImageIO", "metaimage": "MetaImageIO"}
+
+
 def _read_sitk_file(path: Path, name: str, fmt: str, max_voxels: int) -> Volume:
     """NRRD or MetaImage via SimpleITK; size and geometry are checked from the header first."""
     label = _FORMAT_LABELS[fmt]
     reader = _simpleitk().ImageFileReader()
+    # Pin the ImageIO: ITK would otherwise try every reader it has, by suffix and by content.
+    reader.SetImageIO(_SITK_IMAGE_IO[fmt])
     reader.SetFileName(str(path))
     with _library_errors(f"{name} is not a readable {label} file"):
         reader.ReadImageInformation()
@@ -624,21 +721,28 @@ def _folder_has_dicom(folder: Path) -> bool:
     return False
 
 
-def _read_dicom_zip(path: Path, name: str, max_voxels: int) -> Volume:
-    """Extract the zip into a temp folder (always removed) and read the series in it."""
-    with tempfile.TemporaryDirectory(prefix="swinxseg-dicom-") as tmp:
+def _read_dicom_zip(path: Path, name: str, max_voxels: int, options: _ReadOptions) -> Volume:
+    """Extract the zip into a temp folder in ``options.work_dir`` (always removed) and read the
+    series in it."""
+    with tempfile.TemporaryDirectory(prefix="swinxseg-dicom-", dir=options.work_dir) as tmp:
         folder = Path(tmp)
-        _extract_zip(path, folder, name, max_voxels)
+        _extract_zip(path, folder, name, max_voxels, options.max_zip_members)
         volume = _read_dicom_folder(folder, name, max_voxels, in_zip=True)
         # The voxels are already in memory (GetArrayFromImage copies), so removing the files is safe.
         return volume
 
 
-def _extract_zip(path: Path, folder: Path, name: str, max_voxels: int) -> None:
+def _extract_zip(path: Path, folder: Path, name: str, max_voxels: int, max_members: int) -> None:
     byte_limit = max_voxels * _ZIP_BYTES_PER_VOXEL + _ZIP_EXTRA_BYTES
+    check_zip_directory(path, name, max_members)  # before zipfile parses the whole directory
     with _library_errors(f"{name} is not a valid zip archive"):
         archive = zipfile.ZipFile(path)
     with archive:
+        if len(archive.infolist()) > max_members:  # the end record may understate the count
+            raise InputTooLargeError(
+                f"{name} holds {len(archive.infolist()):,} entries, more than the {max_members:,} allowed "
+                "(max_zip_members)"
+            )
         members = [m for m in archive.infolist() if not m.is_dir() and not _hidden_member(m.filename)]
         if any(m.flag_bits & 0x1 for m in members):
             raise InvalidInputError(f"{name} is an encrypted zip; send it without a password")

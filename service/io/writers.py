@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # Label masks are mostly zeros; level 6 is close to the best ratio at a fraction of 9's time.
 _GZIP_LEVEL = 6
 _NIFTI_SCANNER_CODE = 1
+#: The one file mode of every output (masks, previews, batch reports): owner read/write, others
+#: read; applied explicitly so it does not depend on the process umask or on mkstemp's 0600.
+OUTPUT_FILE_MODE = 0o644
 
 
 def write_mask(volume: Volume, path: Path) -> None:
@@ -49,6 +52,7 @@ def write_mask(volume: Volume, path: Path) -> None:
     The write is atomic: the bytes go to a hidden temp file in the same folder
     (``.<name>.tmp-<random>``), are fsync'ed, then renamed over ``path``; on any failure the
     temp file is removed and ``path`` is left as it was. The parent folder is created if missing.
+    The file's mode is ``OUTPUT_FILE_MODE`` (0644).
 
     Raises:
         ValueError: labels outside 0..255 (or not whole numbers), or a suffix other than
@@ -62,6 +66,7 @@ def write_mask(volume: Volume, path: Path) -> None:
     try:
         # "xb": never follow or reuse an existing file of that name.
         with open(tmp, "xb") as fh:
+            os.fchmod(fh.fileno(), OUTPUT_FILE_MODE)
             _write_image(image, fh, compress=compress)
             fh.flush()
             os.fsync(fh.fileno())

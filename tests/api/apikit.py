@@ -15,6 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.errors import CaseCancelledError
 from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest
 from service.metrics_types import CaseMetrics, SegmentationResult
@@ -71,13 +72,16 @@ class FakeSegmenter:
         self._lock = threading.Lock()
         self.concurrent = 0
         self.max_concurrent = 0
+        self.cancelled = 0
 
     def warmup(self) -> None:
         if self.warmup_gate is not None:
             self.warmup_gate.wait(timeout=30)
         self.warmups += 1
 
-    def segment(self, volume: Volume, *, overlap: float | None = None) -> SegmentationResult:
+    def segment(
+        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> SegmentationResult:
         with self._lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -85,7 +89,12 @@ class FakeSegmenter:
             self.calls.append({"shape": volume.shape, "overlap": overlap})
             self.started.set()
             if self.gate is not None:
-                self.gate.wait(timeout=30)
+                # Poll like the real stitcher does between window batches.
+                deadline = time.monotonic() + 30
+                while not self.gate.wait(timeout=0.02) and time.monotonic() < deadline:
+                    if should_stop is not None and should_stop():
+                        self.cancelled += 1
+                        raise CaseCancelledError("cancelled (fake segmenter)")
             if self.seconds:
                 time.sleep(self.seconds)
             if self.error is not None:
@@ -127,9 +136,11 @@ def serving(settings: Settings, segmenter, *, ready: bool = True) -> Iterator[Te
 
 
 def work_files(client: TestClient) -> list[Path]:
-    """Files (not folders) left in the app's temp folder."""
+    """Files (not folders) left in the app's temp folder, but for its owner lock."""
+    from service.workdir import LOCK_NAME
+
     runtime = client.app.state.runtime
-    return [p for p in runtime.work_dir.rglob("*") if p.is_file()]
+    return [p for p in runtime.work_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME]
 
 
 def post_ct(client: TestClient, data: bytes | None = None, *, path: str = "/v1/segment", **kwargs):

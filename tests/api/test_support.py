@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -40,10 +41,10 @@ def test_case_name_is_safe(filename, expected):
 
 
 def test_reader_gets_a_name_hint_from_the_media_type():
-    assert Upload(b"", None, "application/zip").reader_filename == "upload.zip"
-    assert Upload(b"", None, "application/gzip").reader_filename == "upload.nii.gz"
-    assert Upload(b"", "x.nrrd", "application/gzip").reader_filename == "x.nrrd"
-    assert Upload(b"", None, "application/octet-stream").reader_filename is None
+    assert Upload(Path("spool"), None, "application/zip").reader_filename == "upload.zip"
+    assert Upload(Path("spool"), None, "application/gzip").reader_filename == "upload.nii.gz"
+    assert Upload(Path("spool"), "x.nrrd", "application/gzip").reader_filename == "x.nrrd"
+    assert Upload(Path("spool"), None, "application/octet-stream").reader_filename is None
 
 
 def _record(**extra) -> logging.LogRecord:
