@@ -359,9 +359,8 @@ def default_cases(out_dir: Path, phantom_shape: tuple[int, int, int] | None) -> 
 def write_phantom(folder: Path, *, seed: int, shape: tuple[int, int, int] | None = None,
                   spacing: tuple[float, float, float] | None = None) -> Path:
     """Write ``make_phantom(seed)``'s CT as int16 NIfTI (and its labels beside it); returns the CT path."""
-    import nibabel as nib
-
-    from model_export.phantom import make_phantom
+    from phantoms.generator import make_phantom
+    from service.io.writers import write_ct, write_mask
 
     kwargs: dict[str, Any] = {"seed": seed, "shape": shape}
     if spacing is not None:
@@ -370,11 +369,8 @@ def write_phantom(folder: Path, *, seed: int, shape: tuple[int, int, int] | None
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "x".join(map(str, ct.shape))
     path = folder / f"phantom_{seed}_{suffix}.nii.gz"
-    for volume, target in ((ct, path), (labels, folder / f"phantom_{seed}_{suffix}_labels.nii.gz")):
-        image = nib.Nifti1Image(volume.array, volume.affine)
-        image.set_qform(volume.affine, code=1)
-        image.set_sform(volume.affine, code=1)
-        nib.save(image, str(target))
+    write_ct(ct, path)
+    write_mask(labels, folder / f"phantom_{seed}_{suffix}_labels.nii.gz")
     return path
 
 

@@ -24,6 +24,8 @@ from service.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
+HELP = "fine-tune Swin-X Seg on labelled CTs"
+
 # CLI option -> TrainConfig field, for the hyper-parameters that default to None on the command
 # line so that "not given" can mean "as in the checkpoint" on --resume.
 CONFIG_OPTIONS = (
@@ -216,7 +218,7 @@ def _data_spec(args: argparse.Namespace) -> dict | None:
 
 def sources_for(spec: dict) -> tuple[list, list]:
     """(training sources, validation sources) for a data spec from ``_data_spec``."""
-    from model_export.training.data import pair_folders, phantom_cases, read_datalist, split_holdout
+    from training.data import pair_folders, phantom_cases, read_datalist, split_holdout
 
     kind = spec.get("kind")
     if kind == "datalist":
@@ -235,8 +237,8 @@ def sources_for(spec: dict) -> tuple[list, list]:
 
 def resolve_config(args: argparse.Namespace, saved: dict | None):
     """TrainConfig from defaults, overlaid by the checkpoint's config, overlaid by the given options."""
-    from model_export.training.data import PreprocessParams
-    from model_export.training.loop import TrainConfig
+    from training.data import PreprocessParams
+    from training.loop import TrainConfig
 
     values = TrainConfig(preprocess=PreprocessParams.service_defaults()).to_dict()
     if saved:
@@ -288,9 +290,9 @@ def _training_device(name: str):
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``swinxseg train``; returns the exit code."""
-    from model_export.training.checkpointing import load_training_state, resolve_checkpoint_path
-    from model_export.training.data import load_cases
-    from model_export.training.loop import train
+    from training.checkpointing import load_training_state, resolve_checkpoint_path
+    from training.data import load_cases
+    from training.loop import train
 
     device = _training_device(args.device)
     state = load_training_state(args.resume) if args.resume else None

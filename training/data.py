@@ -78,7 +78,7 @@ class FileCase:
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """A synthetic phantom (``model_export.phantom``) on a given voxel grid."""
+    """A synthetic phantom (``phantoms.generator``) on a given voxel grid."""
 
     name: str
     seed: int
@@ -90,7 +90,7 @@ class PhantomCase:
         return f"phantom:{self.seed}|{self.spacing}|{self.orientation}|{self.oblique_deg}"
 
     def load(self) -> tuple[Volume, Volume]:
-        from model_export.phantom import make_phantom
+        from phantoms.generator import make_phantom
 
         return make_phantom(
             seed=self.seed, spacing=self.spacing, orientation=self.orientation, oblique_deg=self.oblique_deg
@@ -186,7 +186,7 @@ def phantom_cases(
     orientation from ``_PHANTOM_ORIENTATIONS`` and, one case in five, an oblique tilt of 5-15
     degrees. Otherwise every phantom is RAS at the phantom's default spacing.
     """
-    from model_export.phantom import DEFAULT_SPACING
+    from phantoms.generator import DEFAULT_SPACING
 
     cases = []
     for seed in range(seed_start, seed_start + count):
@@ -297,7 +297,7 @@ def load_cases(
     With ``cache_dir``, a prepared case is saved there once and read back on later runs (the file
     name hashes the source and the preprocessing parameters, so a change never reads stale data).
     """
-    from model_export.training.checkpointing import atomic_save
+    from training.checkpointing import atomic_save
 
     cache = Path(cache_dir) if cache_dir is not None else None
     prepared = []

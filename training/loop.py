@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_export.training.checkpointing import (
+from training.checkpointing import (
     BEST_NAME,
     LAST_NAME,
     atomic_save,
     restore_rng,
     training_state,
 )
-from model_export.training.data import PreparedCase, PreprocessParams
-from model_export.training.evaluate import evaluate_cases, mean_dice
-from model_export.training.precision import PRECISIONS, autocast, guard_bf16_convolutions
-from model_export.training.sampling import AugmentConfig, PatchSampler
+from training.data import PreparedCase, PreprocessParams
+from training.evaluate import evaluate_cases, mean_dice
+from training.precision import PRECISIONS, autocast, guard_bf16_convolutions
+from training.sampling import AugmentConfig, PatchSampler
 
 log = logging.getLogger(__name__)
 

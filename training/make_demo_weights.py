@@ -1,6 +1,6 @@
 """Export a training checkpoint as the bundled demo weights and write their model card.
 
-    python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/best.pt --out weights/demo
+    python -m training.make_demo_weights --checkpoint runs/demo_train/best.pt --out weights/demo
 
 Steps: ``export_model`` (TorchScript + ONNX + manifest, name ``swinxseg-tiny-phantom-demo``);
 then an evaluation through the *service* path (``service.segmenter.Segmenter`` on the exported
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from model_export.train_cli import CONFIG_OPTIONS
+from training.cli import CONFIG_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def evaluate_demo(
     model_dir: Path, *, per_grid: int, threads: int
 ) -> dict[str, tuple[dict[int, float], list]]:
     """Held-out Dice through the service (``Segmenter`` on the exported folder), per storage layout."""
-    from model_export.phantom import make_phantom
-    from model_export.training.evaluate import evaluate_segmenter
+    from phantoms.generator import make_phantom
     from service.segmenter import Segmenter
     from service.settings import Settings
+    from training.evaluate import evaluate_segmenter
 
     segmenter = Segmenter(Settings(model_dir=model_dir, device="cpu", cpu_threads=threads))
     classes = segmenter.manifest.out_channels
@@ -140,8 +140,8 @@ def _fmt(value: float) -> str:
 
 def dice_table(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """Markdown table: one row per label, one column per storage layout, plus the organ mean."""
-    from model_export.training.evaluate import mean_dice
     from service.labels import FLARE23_LABELS, ORGAN_LABELS
+    from training.evaluate import mean_dice
 
     titles = list(results)
     lines = ["| label | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
@@ -164,8 +164,8 @@ def _best_line(state: dict) -> str:
 
 def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[tuple[str, str, float, float]]:
     """``(layout title, case name, mean organ Dice, seconds)`` for every evaluated case, in order."""
-    from model_export.training.evaluate import mean_dice
     from service.labels import ORGAN_LABELS
+    from training.evaluate import mean_dice
 
     return [
         (title, name, mean_dice(scores, ORGAN_LABELS), secs)
@@ -176,8 +176,8 @@ def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[
 
 def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """One plain sentence on whether the held-out organ mean reaches the target in every layout."""
-    from model_export.training.evaluate import mean_dice
     from service.labels import ORGAN_LABELS
+    from training.evaluate import mean_dice
 
     means = [mean_dice(scores, ORGAN_LABELS) for scores, _ in results.values()]
     low, high = min(means), max(means)
@@ -293,13 +293,13 @@ output classes (FLARE-23: background, 13 organs, tumour), exported as TorchScrip
 Artifacts: {artifacts_mb:.1f} MB.
 
 ## Training data
-Synthetic abdominal CT phantoms from `model_export/phantom.py`, no patient data:
+Synthetic abdominal CT phantoms from `phantoms/generator.py`, no patient data:
 {data.get("count", "?")} training phantoms (seeds from {data.get("seed_start", "?")}) and
 {data.get("val_count", "?")} validation phantoms (seeds from {data.get("val_seed_start", "?")}).
 Each phantom is stored on a grid drawn from its seed: in-plane 0.8-2.5 mm, slices 1-3 mm,
 orientation RAS/LPS/LAS/RPS/LPI/PIR, one in five oblique (5-15 degrees). Every image went through
 the service's own preprocessing (`service.geometry.preprocess`); labels followed by the matching
-nearest-neighbour map (`model_export.training.data.labels_to_model_grid`).
+nearest-neighbour map (`training.data.labels_to_model_grid`).
 
 ## Recipe
 """
@@ -311,7 +311,7 @@ does not reproduce it: `weights/demo/TRAINING.md` lists every leg, with timings 
 and resume.
 ```bash
 {command_for(config)}
-python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo{evaluate_option}
+python -m training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo{evaluate_option}
 ```
 
 ## Held-out evaluation, through the service

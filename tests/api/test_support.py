@@ -13,14 +13,14 @@ import pytest
 from api.apikit import FakeSegmenter, ct_array, manifest, nifti_gz_bytes, post_ct, serving
 
 from service.api.deps import get_segmenter
-from service.api.logging import (
+from service.api.uploads import Upload, case_name_of
+from service.logs import (
     JsonFormatter,
     RequestIdFilter,
     TextFormatter,
     configure_logging,
     request_id_var,
 )
-from service.api.uploads import Upload, case_name_of
 
 
 @pytest.mark.parametrize(

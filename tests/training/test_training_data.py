@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from model_export.training.data import (
+from service.errors import InvalidInputError
+from service.geometry import preprocess, restore_labels
+from service.volume import Volume
+from training.data import (
     PreprocessParams,
     labels_on_image_grid,
     labels_to_model_grid,
@@ -17,9 +20,6 @@ from model_export.training.data import (
     read_datalist,
     split_holdout,
 )
-from service.errors import InvalidInputError
-from service.geometry import preprocess, restore_labels
-from service.volume import Volume
 
 PARAMS = PreprocessParams()
 

@@ -1,4 +1,5 @@
-"""Log lines that carry the request id: one JSON object per line (``log_json``) or plain text.
+"""Logging for every entry point (``configure_logging``): one JSON object per line (``log_json``)
+or plain text, with the request id of the request being handled.
 
 The id lives in a context variable set by the request middleware; asyncio tasks and worker
 threads started while handling a request inherit it, so a job's log lines carry the id of the
@@ -51,13 +52,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Plain lines for a terminal, still with the request id and the extra fields."""
+    """Plain lines for a terminal: ``time LEVEL logger: message``; inside a request the request id
+    stands in brackets where the colon was. Extra fields follow as ``key=value``."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._in_request = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        line = self._in_request.format(record) if request_id and request_id != "-" else super().format(record)
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
         if extra:
             line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
