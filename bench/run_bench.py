@@ -247,7 +247,7 @@ def compare_masks(base_mask: Path, ours_mask: Path, input_path: Path) -> dict[st
     import nibabel as nib
     import numpy as np
 
-    from service.evaluation import dice_per_label, voxel_agreement
+    from service.evaluation import defined, dice_per_label, voxel_agreement
 
     reference = nib.load(str(input_path))
     base, ours = nib.load(str(base_mask)), nib.load(str(ours_mask))
@@ -261,7 +261,8 @@ def compare_masks(base_mask: Path, ours_mask: Path, input_path: Path) -> dict[st
     ours_labels = np.asarray(ours.dataobj, dtype=np.uint8)
     return {
         "geometry_ok": bool(geometry_ok),
-        "dice": dice_per_label(ours_labels, base_labels, labels=ALL_LABELS),
+        # Labels absent from both masks (nan) are left out of the table.
+        "dice": defined(dice_per_label(ours_labels, base_labels, labels=ALL_LABELS)),
         "agreement_pct": 100.0 * voxel_agreement(ours_labels, base_labels),
         # A Dice over a handful of voxels swings between 0 and 1; the counts say how much to trust it.
         "voxels_base": _label_counts(base_labels),

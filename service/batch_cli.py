@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli_flags import Flag, add_settings_flags
+from service.cli_flags import MODEL_FLAGS, Flag, add_settings_flags
 from service.cli_flags import settings_from_args as settings_from
 from service.settings import Settings
 
@@ -14,11 +14,8 @@ HELP = "segment every case in a folder (FLARE docker contract)"
 
 # The flags that set Settings fields (type, choices and range come from the field).
 FLAGS = (
-    Flag("model_dir", dest="model", help="exported model folder (default: the demo weights)"),
-    Flag("device"),
-    Flag("backend"),
+    *MODEL_FLAGS,
     Flag("overlap", help="sliding-window overlap in [0, 1), default 0.5"),
-    Flag("gpu_mem_cap_mb", help="hard GPU memory cap in MB (default 4096)"),
     Flag("sw_batch_size", help="windows per forward pass (0 = sized to the cap)"),
 )
 

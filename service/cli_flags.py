@@ -44,6 +44,15 @@ class Flag:
         return "--" + self.name.replace("_", "-")
 
 
+# The flags every command that loads a model shares.
+MODEL_FLAGS = (
+    Flag("model_dir", dest="model", help="exported model folder (default: the demo weights)"),
+    Flag("device"),
+    Flag("backend"),
+    Flag("gpu_mem_cap_mb", help="hard GPU memory cap in MB (default 4096)"),
+)
+
+
 def add_settings_flags(parser: argparse.ArgumentParser, flags: Iterable[Flag]) -> None:
     """Declare one option per ``Flag``; every option defaults to ``None`` (= keep the setting)."""
     for flag in flags:

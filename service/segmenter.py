@@ -213,4 +213,4 @@ class Segmenter:
         # The last line of defence for the product's one non-negotiable: same grid as the input.
         if labels.shape != volume.shape:
             raise InferenceError(f"internal error: mask shape {labels.shape} != input shape {volume.shape}")
-        return Volume(array=labels.astype(np.uint8, copy=False), affine=volume.affine.copy(), meta=dict(volume.meta))
+        return volume.with_array(labels.astype(np.uint8, copy=False))

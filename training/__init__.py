@@ -9,6 +9,7 @@
 - ``make_demo_weights``: export a checkpoint as ``weights/demo`` with its model card.
 """
 
+from service.evaluation import dice_per_label
 from training.data import (
     FileCase,
     PhantomCase,
@@ -20,7 +21,7 @@ from training.data import (
     phantom_cases,
     read_datalist,
 )
-from training.evaluate import dice_per_label, evaluate_cases, evaluate_segmenter
+from training.evaluate import evaluate_cases, evaluate_segmenter
 from training.loop import TrainConfig, Trainer, TrainResult, lr_factor, train
 
 __all__ = [

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.evaluation import mean_dice
 from training.checkpointing import (
     BEST_NAME,
     LAST_NAME,
@@ -29,7 +30,7 @@ from training.checkpointing import (
     training_state,
 )
 from training.data import PreparedCase, PreprocessParams
-from training.evaluate import evaluate_cases, mean_dice
+from training.evaluate import evaluate_cases
 from training.precision import PRECISIONS, autocast, guard_bf16_convolutions
 from training.sampling import AugmentConfig, PatchSampler
 

@@ -140,8 +140,8 @@ def _fmt(value: float) -> str:
 
 def dice_table(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """Markdown table: one row per label, one column per storage layout, plus the organ mean."""
+    from service.evaluation import mean_dice
     from service.labels import FLARE23_LABELS, ORGAN_LABELS
-    from training.evaluate import mean_dice
 
     titles = list(results)
     lines = ["| label | " + " | ".join(titles) + " |", "|---|" + "---|" * len(titles)]
@@ -164,8 +164,8 @@ def _best_line(state: dict) -> str:
 
 def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[tuple[str, str, float, float]]:
     """``(layout title, case name, mean organ Dice, seconds)`` for every evaluated case, in order."""
+    from service.evaluation import mean_dice
     from service.labels import ORGAN_LABELS
-    from training.evaluate import mean_dice
 
     return [
         (title, name, mean_dice(scores, ORGAN_LABELS), secs)
@@ -176,8 +176,8 @@ def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[
 
 def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """One plain sentence on whether the held-out organ mean reaches the target in every layout."""
+    from service.evaluation import mean_dice
     from service.labels import ORGAN_LABELS
-    from training.evaluate import mean_dice
 
     means = [mean_dice(scores, ORGAN_LABELS) for scores, _ in results.values()]
     low, high = min(means), max(means)

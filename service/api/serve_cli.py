@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from service.cli_flags import Flag, add_settings_flags
+from service.cli_flags import MODEL_FLAGS, Flag, add_settings_flags
 from service.cli_flags import settings_from_args as settings_from
 from service.settings import Settings
 
@@ -21,11 +21,8 @@ HELP = "run the HTTP service"
 FLAGS = (
     Flag("host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in the container)"),
     Flag("port", help="TCP port (default 8000)"),
-    Flag("model_dir", dest="model", help="exported model folder (default: the demo weights)"),
-    Flag("device"),
-    Flag("backend"),
+    *MODEL_FLAGS,
     Flag("api_key", help="require this key (X-API-Key or Bearer); prefer SWINXSEG_API_KEY"),
-    Flag("gpu_mem_cap_mb", help="hard GPU memory cap in MB (default 4096)"),
     Flag("queue_size", help="requests that may wait for the model before 429"),
     Flag("log_json", help="one JSON object per log line"),
 )

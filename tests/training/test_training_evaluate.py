@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluate import dice_per_label, mean_dice, mean_over_cases, predict_case
+from service.evaluation import dice_per_label, mean_dice
+from training.evaluate import mean_over_cases, predict_case
 from training.make_demo_weights import command_for, dice_table
 
 
@@ -19,7 +20,7 @@ def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
     truth[3, 3, 3] = 2
     prediction = truth.copy()
     prediction[0] = 0  # half of label 1 missed
-    scores = dice_per_label(prediction, truth, num_classes=4)
+    scores = dice_per_label(prediction, truth, labels=range(1, 4))
     assert scores[1] == pytest.approx(2 * 16 / (16 + 32))
     assert scores[2] == 1.0
     assert math.isnan(scores[3])
@@ -28,7 +29,7 @@ def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
         (scores[1] + 1.0) / 2
     )
     with pytest.raises(ValueError, match="shape"):
-        dice_per_label(prediction[:2], truth, num_classes=4)
+        dice_per_label(prediction[:2], truth, labels=range(1, 4))
 
 
 def test_predict_case_restores_the_training_mode():
