@@ -106,8 +106,12 @@ class ServiceMetrics:
         self.in_flight.set_function(in_flight)
         self.jobs_stored.set_function(jobs_stored)
 
-    def set_model(self, *, name: str, backend: str, device: str) -> None:
-        self.model_info.info({"name": name, "backend": backend, "device": device})
+    def set_model(self, *, name: str, backend: str, device: str, precision: str | None = None) -> None:
+        """The ``swinxseg_model_info`` labels: what really runs (backend, device and, when known, precision)."""
+        labels = {"name": name, "backend": backend, "device": device}
+        if precision is not None:
+            labels["precision"] = str(precision)
+        self.model_info.info(labels)
 
     def observe_case(self, metrics: CaseMetrics, *, case_seconds: float, queue_seconds: float) -> None:
         """Record one successfully segmented case."""
