@@ -21,7 +21,7 @@ from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest, load_manifest
 from service.memory import GpuMemoryTracker, apply_gpu_memory_cap, peak_rss_mb
 from service.metrics_types import CaseMetrics, SegmentationResult
-from service.settings import Settings, body_threshold_hu
+from service.settings import Settings
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,6 @@ class Segmenter:
                 preset="formula",
                 architecture=ArchitectureConfig(out_channels=predictor.out_channels),
                 labels={i: FLARE23_LABELS.get(i, f"label_{i}") for i in range(predictor.out_channels)},
-                out_channels=predictor.out_channels,
             )
         return cls(settings, predictor=predictor, manifest=manifest)
 
@@ -126,9 +125,8 @@ class Segmenter:
             with self._stage(metrics, "preprocess"):
                 prepared = preprocess(
                     volume,
-                    target_spacing=tuple(self.manifest.target_spacing_mm),
-                    hu_window=tuple(self.manifest.hu_window),
-                    body_threshold_hu=body_threshold_hu(self.settings.body_threshold_hu, self.manifest.hu_window),
+                    self.manifest.preprocess,  # what the model was trained with
+                    body_threshold_hu=self.settings.body_threshold_hu,  # None: the spec's rule
                     body_margin_mm=self.settings.body_margin_mm,
                     crop_to=self.settings.crop_to,
                     device=self.device,

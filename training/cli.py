@@ -151,6 +151,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CPUs with AVX512-BF16/AMX and slower on those without; convolutions whose bf16 gradients "
         "this CPU gets wrong are found at start and kept in fp32",
     )
+    recipe.add_argument(
+        "--spacing-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
+        help="model grid spacing in mm, recorded in the checkpoint for export (default 1 1 1, the paper's)",
+    )
+    recipe.add_argument(
+        "--hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="HU window mapped to [0, 1], recorded in the checkpoint for export (default -250 250, the paper's)",
+    )
     recipe.add_argument("--val-interval", type=int, help="validate every N steps (default 250)")
     recipe.add_argument("--val-overlap", type=float, help="sliding-window overlap when validating (0.25)")
     recipe.add_argument("--checkpoint-interval", type=int, help="save last.pt every N steps (default 100)")
@@ -253,12 +261,35 @@ def resolve_config(args: argparse.Namespace, saved: dict | None):
     spec = _data_spec(args)
     if spec is not None:
         values["data"] = spec
+    _apply_preprocess_options(args, values)
     if not values.get("data"):
         raise InvalidInputError("no training data: give --datalist, --images/--labels or --phantoms")
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(str(exc)) from None
+
+
+def _apply_preprocess_options(args: argparse.Namespace, values: dict) -> None:
+    """``--spacing-mm`` / ``--hu-window`` into the config's ``PreprocessSpec`` (``values`` in place)."""
+    from training.data import PreprocessParams
+
+    changes = {
+        field: tuple(given)
+        for field, given in (
+            ("target_spacing_mm", getattr(args, "spacing_mm", None)),
+            ("hu_window", getattr(args, "hu_window", None)),
+        )
+        if given is not None
+    }
+    if not changes:
+        return
+    params = PreprocessParams.from_dict(values["preprocess"])
+    try:
+        spec = params.spec.replace(**changes)
+    except ValueError as exc:
+        raise InvalidInputError(f"--spacing-mm/--hu-window: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+    values["preprocess"] = {**params.to_dict(), "spec": spec.model_dump(mode="json")}
 
 
 class _StopFlag:

@@ -25,15 +25,7 @@ PARAMS = PreprocessParams()
 
 
 def _preprocess(ct: Volume, params: PreprocessParams = PARAMS):
-    return preprocess(
-        ct,
-        target_spacing=params.target_spacing,
-        hu_window=params.hu_window,
-        body_threshold_hu=params.body_threshold_hu,
-        body_margin_mm=params.body_margin_mm,
-        crop_to=params.crop_to,
-        device="cpu",
-    )
+    return preprocess(ct, params.spec, body_margin_mm=params.body_margin_mm, crop_to=params.crop_to, device="cpu")
 
 
 @pytest.mark.parametrize(
