@@ -169,15 +169,15 @@ def _build_model(
         head = state.get("out.conv.conv.weight")
         if out_channels is None and head is not None:
             out_channels = int(head.shape[0])  # the checkpoint says how many classes it was trained for
-    if spec is None:
-        spec = PreprocessSpec()
-        log.info(
-            "%s has no preprocessing record (the authors' format): the manifest gets the paper's "
-            "%s mm spacing, HU window %s and ROI %s",
-            Path(checkpoint).name if checkpoint is not None else "random init",
-            "x".join(f"{s:g}" for s in spec.target_spacing_mm), list(spec.hu_window), "x".join(map(str, spec.roi_size)),
-        )
     config = get_preset(preset, out_channels=out_channels)
+    if spec is None:
+        spec = PreprocessSpec()  # the paper's values: what random weights and published checkpoints get
+        if checkpoint is not None:
+            log.info(
+                "%s has no preprocessing record (the authors' format): the manifest gets the paper's "
+                "%s mm spacing, HU window %s and ROI %s", Path(checkpoint).name,
+                "x".join(f"{s:g}" for s in spec.target_spacing_mm), list(spec.hu_window), "x".join(map(str, spec.roi_size)),
+            )
     model = SwinXSeg(config).eval()
     if state is None:
         seeded_init(model, seed)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.cli_flags import UsageError
+from service.cli_flags import UsageError, error_line
 
 if TYPE_CHECKING:
     from model_export.export import ExportReport
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance if args.tolerance is not None else PARITY_TOLERANCE,
         )
     except ValueError as exc:
-        raise ExportUsageError(str(exc)) from None
+        raise ExportUsageError(error_line(exc)) from None
     print(format_report(report))
     return 0
 

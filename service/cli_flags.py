@@ -95,6 +95,13 @@ def validation_message(exc: ValidationError, options: Mapping[str, str] | None =
     return "invalid value: " + "; ".join(parts)
 
 
+def error_line(exc: ValueError) -> str:
+    """A ``ValueError`` as one line; a pydantic error gives its messages, not its multi-line report."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+    return " ".join(str(exc).split())
+
+
 def _plain_type(annotation: object) -> tuple[type, list[str] | None]:
     """(argparse ``type``, ``choices``) for a field annotation; ``X | None`` counts as ``X``."""
     if get_origin(annotation) in (Union, types.UnionType):

@@ -20,6 +20,7 @@ import logging
 import signal
 from pathlib import Path
 
+from service.cli_flags import error_line
 from service.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,9 @@ def resolve_config(args: argparse.Namespace, saved: dict | None):
         raise InvalidInputError("no training data: give --datalist, --images/--labels or --phantoms")
     try:
         return TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
+        raise InvalidInputError(error_line(exc)) from None
+    except TypeError as exc:
         raise InvalidInputError(str(exc)) from None
 
 
@@ -288,7 +291,7 @@ def _apply_preprocess_options(args: argparse.Namespace, values: dict) -> None:
     try:
         spec = params.spec.replace(**changes)
     except ValueError as exc:
-        raise InvalidInputError(f"--spacing-mm/--hu-window: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+        raise InvalidInputError(f"--spacing-mm/--hu-window: {error_line(exc)}") from None
     values["preprocess"] = {**params.to_dict(), "spec": spec.model_dump(mode="json")}
 
 

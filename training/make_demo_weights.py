@@ -223,6 +223,18 @@ def unlearned_labels_line(results: dict[str, tuple[dict[int, float], list]]) -> 
     )
 
 
+def _preprocessing_text(config: dict) -> str:
+    """``1 mm grid, HU window [-250, 250]`` for the run's recorded preprocessing."""
+    from service.preprocess_spec import PreprocessSpec
+    from training.data import PreprocessParams
+
+    spec = PreprocessParams.from_dict(config["preprocess"]).spec if "preprocess" in config else PreprocessSpec()
+    spacing = spec.target_spacing_mm
+    grid = f"{spacing[0]:g} mm" if len(set(spacing)) == 1 else "x".join(f"{s:g}" for s in spacing) + " mm"
+    low, high = spec.hu_window
+    return f"{grid} grid, HU window [{low:g}, {high:g}]"
+
+
 def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
     """The text of ``MODEL_CARD.md`` for a training checkpoint ``state`` and its evaluation ``results``."""
     config = state["config"]
@@ -289,7 +301,7 @@ unreliable masks.
 ## What it is
 Swin-X Seg, `{config["preset"]}` preset ({parameters / 1e6:.2f} M parameters), {config["out_channels"]}
 output classes (FLARE-23: background, 13 organs, tumour), exported as TorchScript and ONNX with
-`manifest.json` (1 mm grid, HU window [-250, 250], the manifest's sliding-window ROI).
+`manifest.json` ({_preprocessing_text(config)}, the manifest's sliding-window ROI).
 Artifacts: {artifacts_mb:.1f} MB.
 
 ## Training data
@@ -360,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("weights/demo"), help="exported model folder")
     parser.add_argument("--cases-per-grid", type=int, default=1, help="held-out phantoms per storage layout")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the evaluation")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(level="INFO")
     return run(parser.parse_args(argv))
 
 
