@@ -19,7 +19,7 @@ def imported_packages(package: str) -> dict[str, set[str]]:
     """Top-level package -> the files of ``package`` that import it (function-level imports too)."""
     found: dict[str, set[str]] = {}
     for path in sorted((REPO / package).rglob("*.py")):
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -54,7 +54,7 @@ def test_service_imports_no_training_phantom_or_bench_code():
 def test_no_function_in_service_is_over_60_lines():
     long = []
     for path in sorted((REPO / "service").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
                 long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
     assert long == []
