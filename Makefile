@@ -51,7 +51,7 @@ test: install prometheus lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m service.demo --out $(DEMO_OUT) $(if $(INPUT),--input $(INPUT),)
+	$(BIN)/python -m phantoms.demo --out $(DEMO_OUT) $(if $(INPUT),--input $(INPUT),)
 
 bench: install
 	$(BIN)/python -m bench.run_bench

@@ -37,21 +37,15 @@ def case_name(index: int, case_id: str, slices: int) -> str:
 
 def make_case(out_dir: Path, index: int, case_id: str, slices: int, z_mm: float, inplane: int) -> Path:
     """Write one phantom CT (int16 HU, qform = sform = the phantom's affine); return its path."""
-    import nibabel as nib
-
-    from model_export.phantom import make_phantom
+    from phantoms.generator import make_phantom
+    from service.io.writers import write_ct
 
     ct, _labels = make_phantom(seed=PHANTOM_SEED, shape=(inplane, inplane, slices),
                                spacing=(INPLANE_SPACING_MM, INPLANE_SPACING_MM, z_mm))
-    image = nib.Nifti1Image(ct.array, ct.affine)
-    image.set_qform(ct.affine, code=1)
-    image.set_sform(ct.affine, code=1)
     path = out_dir / case_name(index, case_id, slices)
-    # Written under a hidden name and renamed, so a step killed by its timeout leaves no
+    # write_ct writes under a hidden name and renames, so a step killed by its timeout leaves no
     # truncated case for the batch to trip over.
-    partial = out_dir / f".partial-{path.name}"
-    nib.save(image, str(partial))
-    partial.replace(path)
+    write_ct(ct, path)
     return path
 
 

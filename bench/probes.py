@@ -21,17 +21,13 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+from service.memory import peak_rss_mb  # the one peak-RSS figure, for both children
+
 log = logging.getLogger(__name__)
 
 MB = 2**20
 # Marks the one stdout line the parent parses, so stray library output cannot break the protocol.
 RESULT_PREFIX = "BENCH_RESULT "
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (ru_maxrss is KiB on Linux)."""
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / MB
 
 
 def cpu_seconds() -> float:

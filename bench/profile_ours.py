@@ -15,7 +15,6 @@ import argparse
 import cProfile
 import io
 import logging
-import os
 import pstats
 import sys
 import threading
@@ -24,15 +23,9 @@ import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.probes import peak_rss_mb
+from service.memory import current_rss_mb, peak_rss_mb
 
 log = logging.getLogger("bench.profile_ours")
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class RssSampler:

@@ -247,7 +247,7 @@ def compare_masks(base_mask: Path, ours_mask: Path, input_path: Path) -> dict[st
     import nibabel as nib
     import numpy as np
 
-    from service.evaluation import dice_per_label, voxel_agreement
+    from service.evaluation import defined, dice_per_label, voxel_agreement
 
     reference = nib.load(str(input_path))
     base, ours = nib.load(str(base_mask)), nib.load(str(ours_mask))
@@ -261,7 +261,8 @@ def compare_masks(base_mask: Path, ours_mask: Path, input_path: Path) -> dict[st
     ours_labels = np.asarray(ours.dataobj, dtype=np.uint8)
     return {
         "geometry_ok": bool(geometry_ok),
-        "dice": dice_per_label(ours_labels, base_labels, labels=ALL_LABELS),
+        # Labels absent from both masks (nan) are left out of the table.
+        "dice": defined(dice_per_label(ours_labels, base_labels, labels=ALL_LABELS)),
         "agreement_pct": 100.0 * voxel_agreement(ours_labels, base_labels),
         # A Dice over a handful of voxels swings between 0 and 1; the counts say how much to trust it.
         "voxels_base": _label_counts(base_labels),
@@ -359,9 +360,8 @@ def default_cases(out_dir: Path, phantom_shape: tuple[int, int, int] | None) -> 
 def write_phantom(folder: Path, *, seed: int, shape: tuple[int, int, int] | None = None,
                   spacing: tuple[float, float, float] | None = None) -> Path:
     """Write ``make_phantom(seed)``'s CT as int16 NIfTI (and its labels beside it); returns the CT path."""
-    import nibabel as nib
-
-    from model_export.phantom import make_phantom
+    from phantoms.generator import make_phantom
+    from service.io.writers import write_ct, write_mask
 
     kwargs: dict[str, Any] = {"seed": seed, "shape": shape}
     if spacing is not None:
@@ -370,11 +370,8 @@ def write_phantom(folder: Path, *, seed: int, shape: tuple[int, int, int] | None
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "x".join(map(str, ct.shape))
     path = folder / f"phantom_{seed}_{suffix}.nii.gz"
-    for volume, target in ((ct, path), (labels, folder / f"phantom_{seed}_{suffix}_labels.nii.gz")):
-        image = nib.Nifti1Image(volume.array, volume.affine)
-        image.set_qform(volume.affine, code=1)
-        image.set_sform(volume.affine, code=1)
-        nib.save(image, str(target))
+    write_ct(ct, path)
+    write_mask(labels, folder / f"phantom_{seed}_{suffix}_labels.nii.gz")
     return path
 
 

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from service.errors import CheckpointError
+from service.preprocess_spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
+# The entry of a training checkpoint that records its preprocessing (a PreprocessSpec as a dict).
+PREPROCESS_RECORD_KEY = "preprocess"
 # Wrappers seen in the wild around the state_dict, in the order we look for them.
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 DATA_PARALLEL_PREFIX = "module."
@@ -35,6 +38,16 @@ def load_checkpoint(path: Path | str) -> dict[str, Tensor]:
 
     Accepts a bare state_dict or one wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``, with or
     without data-parallel ``module.`` prefixes. Always ``torch.load(..., weights_only=True)``.
+    """
+    return load_checkpoint_and_record(path)[0]
+
+
+def load_checkpoint_and_record(path: Path | str) -> tuple[dict[str, Tensor], PreprocessSpec | None]:
+    """``load_checkpoint``'s state_dict, and the checkpoint's preprocessing record.
+
+    The record is the ``"preprocess"`` entry ``swinxseg train`` writes (a ``PreprocessSpec``);
+    ``None`` when the file has none, as in the authors' published format. Raises
+    ``CheckpointError`` for an unreadable file or a record that is not a valid ``PreprocessSpec``.
     """
     path = Path(path)
     _check_file(path)
@@ -58,7 +71,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Tensor]:
         # weights_only refusals arrive as UnpicklingError or RuntimeError depending on the torch version.
         raise CheckpointError(_unpickling_reason(path, exc)) from None
     state = _unwrap(obj, path)
-    return _normalise(state, path)
+    return _normalise(state, path), _preprocess_record(obj, path)
+
+
+def _preprocess_record(obj: object, path: Path) -> PreprocessSpec | None:
+    record = obj.get(PREPROCESS_RECORD_KEY) if isinstance(obj, Mapping) else None
+    if record is None:
+        return None
+    try:
+        return PreprocessSpec.model_validate(dict(record))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its {PREPROCESS_RECORD_KEY!r} record is not valid: {_first_line(exc)}") from None
 
 
 def _check_file(path: Path) -> None:

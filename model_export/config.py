@@ -1,12 +1,13 @@
-"""Swin-X Seg hyper-parameters, their validation, and the named presets.
+"""Swin-X Seg's network-side view of ``service.manifest.ArchitectureConfig``, and the named presets.
 
-``SwinXSegConfig`` mirrors ``service.manifest.ArchitectureConfig`` field for field; the service only
-needs the manifest's copy, the exporter and trainer build the network from this one.
+The fields are defined once, in ``ArchitectureConfig`` (the manifest's schema); ``SwinXSegConfig``
+adds only what building the network needs: validation of the values it can be built with, and
+the derived sizes.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from pydantic import model_validator
 
 from service.manifest import ArchitectureConfig
 
@@ -15,47 +16,31 @@ NUM_STAGES = 4
 INPUT_MULTIPLE = 32
 
 
-@dataclass(frozen=True)
-class SwinXSegConfig:
-    """Hyper-parameters of Swin-X Seg (the keys of the published configuration).
+class SwinXSegConfig(ArchitectureConfig):
+    """``ArchitectureConfig`` that the network can be built with (immutable, hashable).
 
     Stage ``i`` of the encoder works on ``embed_dim * 2**i`` channels with ``num_heads[i]`` heads; the
     decoder reduces every skip to ``feature_size`` channels, which the published network ties to
-    ``embed_dim``.
+    ``embed_dim``. Construction raises ``ValueError`` (pydantic's ``ValidationError``) naming every
+    value the network cannot be built with.
     """
 
-    patch_size: int = 2
-    in_channels: int = 1
-    embed_dim: int = 48
-    feature_size: int = 48
-    depths: tuple[int, ...] = (2, 2, 2, 2)
-    num_heads: tuple[int, ...] = (3, 6, 12, 24)
-    window_size: tuple[int, ...] = (4, 4, 4)
-    mlp_ratio: float = 4.0
-    patch_merge_reduce_factor: int = 4
-    qkv_bias: bool = True
-    patch_norm: bool = True
-    norm: str = "batch"
-    out_channels: int = 15
+    @model_validator(mode="after")
+    def _buildable(self) -> SwinXSegConfig:
+        self.validate_values()
+        return self
 
-    def __post_init__(self) -> None:
-        # Lists from JSON/pydantic become tuples so the config stays hashable and immutable.
-        for name in ("depths", "num_heads", "window_size"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))
-        self.validate()
-
-    def validate(self) -> None:
+    def validate_values(self) -> None:
         """Raise ``ValueError`` naming every value the network cannot be built with."""
+        problems = [*self._shape_problems(), *self._published_layout_problems()]
+        if problems:
+            raise ValueError("invalid Swin-X Seg config: " + "; ".join(problems))
+
+    def _shape_problems(self) -> list[str]:
         problems: list[str] = []
-        if self.patch_size != 2:
-            problems.append(f"patch_size must be 2 (the decoder upsamples 5 x 2), got {self.patch_size}")
-        if self.in_channels < 1:
-            problems.append(f"in_channels must be >= 1, got {self.in_channels}")
-        if self.out_channels < 1:
-            problems.append(f"out_channels must be >= 1, got {self.out_channels}")
-        if self.embed_dim < 1:
-            problems.append(f"embed_dim must be >= 1, got {self.embed_dim}")
+        for name in ("in_channels", "out_channels", "embed_dim"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.feature_size != self.embed_dim:
             problems.append(
                 f"feature_size ({self.feature_size}) must equal embed_dim ({self.embed_dim}) "
@@ -74,6 +59,12 @@ class SwinXSegConfig:
             problems.append(f"window_size must be 3 positive integers, got {list(self.window_size)}")
         if self.mlp_ratio <= 0:
             problems.append(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        return problems
+
+    def _published_layout_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.patch_size != 2:
+            problems.append(f"patch_size must be 2 (the decoder upsamples 5 x 2), got {self.patch_size}")
         if self.patch_merge_reduce_factor != 4:
             problems.append(
                 "patch_merge_reduce_factor must be 4 (patch merging maps 8d -> 2d channels), "
@@ -83,8 +74,7 @@ class SwinXSegConfig:
             problems.append(
                 f"norm must be 'batch' (the published checkpoints use BatchNorm), got {self.norm!r}"
             )
-        if problems:
-            raise ValueError("invalid Swin-X Seg config: " + "; ".join(problems))
+        return problems
 
     def stage_dim(self, stage: int) -> int:
         """Channels of encoder stage ``stage`` (0-based): ``embed_dim * 2**stage``."""
@@ -95,25 +85,21 @@ class SwinXSegConfig:
         """Channels of the bottleneck tokens (after the last patch merging): ``16 * embed_dim``."""
         return self.embed_dim * 2**NUM_STAGES
 
-    # --- conversion to and from the manifest's pydantic model -------------------------------------
+    # --- conversion to and from the manifest's model -----------------------------------------------
     def to_architecture(self) -> ArchitectureConfig:
-        data = asdict(self)
-        for name in ("depths", "num_heads", "window_size"):
-            data[name] = list(data[name])
-        return ArchitectureConfig(**data)
+        return ArchitectureConfig(**self.model_dump())
 
     @classmethod
     def from_architecture(cls, arch: ArchitectureConfig) -> SwinXSegConfig:
-        return cls.from_dict(arch.model_dump())
+        return cls(**arch.model_dump())
 
     @classmethod
     def from_dict(cls, data: dict) -> SwinXSegConfig:
         """Build from a mapping such as the golden file's ``config``; unknown keys (``roi_size``) are ignored."""
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
 
     def with_out_channels(self, out_channels: int) -> SwinXSegConfig:
-        return replace(self, out_channels=int(out_channels))
+        return type(self)(**{**self.model_dump(), "out_channels": int(out_channels)})
 
 
 PRESETS: dict[str, SwinXSegConfig] = {}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model_export.checkpoint import load_checkpoint, load_into
+from model_export.checkpoint import load_checkpoint_and_record, load_into
 from model_export.config import SwinXSegConfig, preset_names
 from model_export.config import preset as get_preset
 from model_export.network import SwinXSeg, seeded_init
@@ -39,15 +39,13 @@ from service.manifest import (
     ModelManifest,
     sha256_of,
 )
+from service.preprocess_spec import PAPER_ROI_SIZE, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
 FORMATS: dict[str, str] = {"torchscript": TORCHSCRIPT_NAME, "onnx": ONNX_NAME}
 DEFAULT_OPSET = 18
 PARITY_TOLERANCE = 1e-4  # max |logit difference| allowed between eager and an exported artifact
-ROI_SIZE = [96, 96, 96]
-TARGET_SPACING_MM = [1.0, 1.0, 1.0]
-HU_WINDOW = [-250.0, 250.0]
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "logits"
 
@@ -86,9 +84,10 @@ def export_model(
 ) -> ModelManifest:
     """Export a checkpoint (or seeded random weights) to ``out_dir``; returns the written manifest.
 
-    Writes ``out_dir/model.ts`` and/or ``out_dir/model.onnx`` (input ``image`` ``(B, 1, 96, 96, 96)``
-    float32, output ``logits`` ``(B, classes, 96, 96, 96)``, batch axis dynamic) and
-    ``out_dir/manifest.json``. Raises ``CheckpointError`` for an unusable checkpoint,
+    Writes ``out_dir/model.ts`` and/or ``out_dir/model.onnx`` (input ``image`` ``(B, 1, *roi)``
+    float32, output ``logits`` ``(B, classes, *roi)``, batch axis dynamic; ``roi`` 96^3 unless the
+    checkpoint's preprocessing record says otherwise) and ``out_dir/manifest.json``, whose
+    ``preprocess`` is the checkpoint's record (the paper's values for a checkpoint without one). Raises ``CheckpointError`` for an unusable checkpoint,
     ``ModelArtifactError`` when an artifact cannot be written or fails the parity check, and
     ``ValueError`` for bad arguments.
     """
@@ -124,7 +123,8 @@ def export_with_report(
     formats = _check_formats(formats)
     if (checkpoint is None) == (not random_init):
         raise ValueError("give exactly one of a checkpoint or random_init=True")
-    model, config, source = _build_model(checkpoint, preset, out_channels, random_init, seed)
+    model, config, source, spec = _build_model(checkpoint, preset, out_channels, random_init, seed)
+    roi = spec.roi_size
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,9 +136,9 @@ def export_with_report(
         if "torchscript" in staged:
             _write_torchscript(model, staged["torchscript"])
         if "onnx" in staged:
-            _write_onnx(model, config, staged["onnx"], opset)
-        checks, max_logit = _parity(model, config, staged, seed, tolerance)
-        manifest = _manifest(config, preset, name or out_dir.name, staged, source, checks)
+            _write_onnx(model, config, staged["onnx"], opset, roi)
+        checks, max_logit = _parity(model, config, staged, seed, tolerance, roi)
+        manifest = _manifest(config, spec, preset, name or out_dir.name, staged, source, checks)
         for path in staged.values():
             os.replace(path, out_dir / path.name)
         _write_manifest(manifest, out_dir)
@@ -159,23 +159,32 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
 
 def _build_model(
     checkpoint: Path | None, preset: str, out_channels: int | None, random_init: bool, seed: int
-) -> tuple[nn.Module, SwinXSegConfig, str]:
-    """The network in eval mode with its weights, its config, and a one-line note on where they came from."""
-    state = None
+) -> tuple[nn.Module, SwinXSegConfig, str, PreprocessSpec]:
+    """The network in eval mode with its weights, its config, a one-line note on where the weights
+    came from, and the preprocessing they were trained with (the checkpoint's record, else the paper's)."""
+    state, spec = None, None
     if checkpoint is not None:
         log.debug("loading checkpoint %s", checkpoint)
-        state = load_checkpoint(checkpoint)
+        state, spec = load_checkpoint_and_record(checkpoint)
         head = state.get("out.conv.conv.weight")
         if out_channels is None and head is not None:
             out_channels = int(head.shape[0])  # the checkpoint says how many classes it was trained for
     config = get_preset(preset, out_channels=out_channels)
+    if spec is None:
+        spec = PreprocessSpec()  # the paper's values: what random weights and published checkpoints get
+        if checkpoint is not None:
+            log.info(
+                "%s has no preprocessing record (the authors' format): the manifest gets the paper's "
+                "%s mm spacing, HU window %s and ROI %s", Path(checkpoint).name,
+                "x".join(f"{s:g}" for s in spec.target_spacing_mm), list(spec.hu_window), "x".join(map(str, spec.roi_size)),
+            )
     model = SwinXSeg(config).eval()
     if state is None:
         seeded_init(model, seed)
-        return model, config, f"random init, seed {seed}"
+        return model, config, f"random init, seed {seed}", spec
     _check_embed_dim(state, config, preset, checkpoint)
     load_into(model, state)
-    return model, config, f"checkpoint {Path(checkpoint).name} (sha256 {sha256_of(Path(checkpoint))[:16]})"
+    return model, config, f"checkpoint {Path(checkpoint).name} (sha256 {sha256_of(Path(checkpoint))[:16]})", spec
 
 
 def _check_embed_dim(
@@ -215,12 +224,12 @@ def _write_torchscript(model: nn.Module, path: Path) -> None:
     )
 
 
-def _write_onnx(model: nn.Module, config: SwinXSegConfig, path: Path, opset: int) -> None:
+def _write_onnx(model: nn.Module, config: SwinXSegConfig, path: Path, opset: int, roi: Sequence[int]) -> None:
     """Dynamo-based ONNX export with a dynamic batch axis; weights inside the file (no external data)."""
     _require("onnx", "onnxscript")
     started = time.perf_counter()
     # Trace with batch 2: an example batch of 1 may be specialised to a constant.
-    example = torch.zeros(2, config.in_channels, *ROI_SIZE)
+    example = torch.zeros(2, config.in_channels, *roi)
     batch = torch.export.Dim("batch", min=1, max=1024)
     try:
         with _quiet(), torch.no_grad():
@@ -237,11 +246,11 @@ def _write_onnx(model: nn.Module, config: SwinXSegConfig, path: Path, opset: int
             )
     except Exception as exc:  # the exporter raises many types; the user needs one line
         raise ModelArtifactError(f"ONNX export failed: {_first_line(exc)}") from None
-    _check_onnx_signature(path, config)
+    _check_onnx_signature(path, config, roi)
     log.info("wrote ONNX (%.1f MB) in %.1f s", path.stat().st_size / 1e6, time.perf_counter() - started)
 
 
-def _check_onnx_signature(path: Path, config: SwinXSegConfig) -> None:
+def _check_onnx_signature(path: Path, config: SwinXSegConfig, roi: Sequence[int]) -> None:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -249,7 +258,7 @@ def _check_onnx_signature(path: Path, config: SwinXSegConfig) -> None:
         (i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in graph.input
     ]
     outputs = [o.name for o in graph.output]
-    expected = [(ONNX_INPUT, ["batch", config.in_channels, *ROI_SIZE])]
+    expected = [(ONNX_INPUT, ["batch", config.in_channels, *roi])]
     if inputs != expected or outputs != [ONNX_OUTPUT]:
         raise ModelArtifactError(f"ONNX graph has inputs {inputs} and outputs {outputs}, expected {expected}")
 
@@ -288,16 +297,23 @@ def _require(*modules: str) -> None:
 
 
 # --- parity -----------------------------------------------------------------------------------------
-def parity_input(config: SwinXSegConfig, seed: int, batch: int = 1) -> Tensor:
-    """A seeded ``(batch, in, 96, 96, 96)`` input in [0, 1], the range of a windowed, scaled CT."""
+def parity_input(
+    config: SwinXSegConfig, seed: int, batch: int = 1, roi: Sequence[int] = PAPER_ROI_SIZE
+) -> Tensor:
+    """A seeded ``(batch, in, *roi)`` input in [0, 1], the range of a windowed, scaled CT."""
     gen = torch.Generator().manual_seed(int(seed))
-    return torch.rand(batch, config.in_channels, *ROI_SIZE, generator=gen)
+    return torch.rand(batch, config.in_channels, *roi, generator=gen)
 
 
 def _parity(
-    model: nn.Module, config: SwinXSegConfig, staged: dict[str, Path], seed: int, tolerance: float
+    model: nn.Module,
+    config: SwinXSegConfig,
+    staged: dict[str, Path],
+    seed: int,
+    tolerance: float,
+    roi: Sequence[int],
 ) -> tuple[list[BackendCheck], float]:
-    x = parity_input(config, seed)
+    x = parity_input(config, seed, roi=roi)
     started = time.perf_counter()
     with torch.inference_mode():
         reference = model(x).numpy()
@@ -353,6 +369,7 @@ def labels_for(out_channels: int) -> dict[int, str]:
 
 def _manifest(
     config: SwinXSegConfig,
+    spec: PreprocessSpec,
     preset: str,
     name: str,
     staged: dict[str, Path],
@@ -365,11 +382,7 @@ def _manifest(
         preset=preset,
         architecture=config.to_architecture(),
         labels=labels_for(config.out_channels),
-        roi_size=list(ROI_SIZE),
-        target_spacing_mm=list(TARGET_SPACING_MM),
-        hu_window=list(HU_WINDOW),
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
+        preprocess=spec,
         artifacts={
             fmt: ArtifactInfo(file=path.name, sha256=sha256_of(path), format=fmt)
             for fmt, path in staged.items()

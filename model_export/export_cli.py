@@ -10,17 +10,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.errors import SwinxsegError
+from service.cli_flags import UsageError, error_line
 
 if TYPE_CHECKING:
     from model_export.export import ExportReport
 
 
-class ExportUsageError(SwinxsegError):
-    """Arguments that do not make sense together (exit code 2, like argparse's own errors)."""
+HELP = "export a checkpoint to TorchScript/ONNX with a manifest"
 
-    code = "usage"
-    exit_code = 2
+# Arguments that do not make sense together: the shared usage error (exit code 2).
+ExportUsageError = UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.tolerance if args.tolerance is not None else PARITY_TOLERANCE,
         )
     except ValueError as exc:
-        raise ExportUsageError(str(exc)) from None
+        raise ExportUsageError(error_line(exc)) from None
     print(format_report(report))
     return 0
 

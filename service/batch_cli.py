@@ -6,29 +6,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from service.cli_flags import MODEL_FLAGS, Flag, add_settings_flags
+from service.cli_flags import settings_from_args as settings_from
 from service.settings import Settings
+
+HELP = "segment every case in a folder (FLARE docker contract)"
+
+# The flags that set Settings fields (type, choices and range come from the field).
+FLAGS = (
+    *MODEL_FLAGS,
+    Flag("overlap", help="sliding-window overlap in [0, 1), default 0.5"),
+    Flag("sw_batch_size", help="windows per forward pass (0 = sized to the cap)"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input_dir", type=Path, help="folder of CTs (NIfTI, NRRD, MHA, DICOM folders or zips)")
     parser.add_argument("output_dir", type=Path, help="where CASE.nii.gz masks and report.json/csv go")
-    parser.add_argument("--model", type=Path, help="exported model folder (default: the demo weights)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", choices=["auto", "torchscript", "onnx"])
-    parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1), default 0.5")
-    parser.add_argument("--gpu-mem-cap-mb", type=int, help="hard GPU memory cap in MB (default 4096)")
-    parser.add_argument("--sw-batch-size", type=int, help="windows per forward pass (0 = sized to the cap)")
+    add_settings_flags(parser, FLAGS)
     parser.add_argument("--skip-existing", action="store_true", help="leave cases whose mask already exists")
     parser.add_argument("--preview", action="store_true", help="also write CASE_preview.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "model_dir": args.model, "device": args.device, "backend": args.backend,
-        "overlap": args.overlap, "gpu_mem_cap_mb": args.gpu_mem_cap_mb, "sw_batch_size": args.sw_batch_size,
-    }
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Environment first, flags on top; a refused value is a ``UsageError`` naming the flag."""
+    return settings_from(args, FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:

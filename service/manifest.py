@@ -1,7 +1,8 @@
 """The contract an exported model carries beside its artifacts (``manifest.json``).
 
-The service takes every preprocessing parameter from here, never from constants, so a model
-trained with another spacing, window or ROI is served correctly without code changes.
+The service takes every preprocessing parameter from here (``ModelManifest.preprocess``, the
+``PreprocessSpec`` export copies from the checkpoint), never from constants, so a model trained
+with another spacing, window or ROI is served correctly without code changes.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import ModelArtifactError
+from service.preprocess_spec import PreprocessSpec
 
 MANIFEST_NAME = "manifest.json"
 TORCHSCRIPT_NAME = "model.ts"
@@ -20,15 +22,21 @@ ONNX_NAME = "model.onnx"
 
 
 class ArchitectureConfig(BaseModel):
-    """Swin-X Seg hyper-parameters (the keys of the published configuration)."""
+    """Swin-X Seg hyper-parameters (the keys of the published configuration): the one schema.
+
+    ``model_export.config.SwinXSegConfig`` adds the network's validation and derived sizes to
+    these fields; it does not repeat them.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     patch_size: int = 2
     in_channels: int = 1
     embed_dim: int = 48
     feature_size: int = 48
-    depths: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])
-    num_heads: list[int] = Field(default_factory=lambda: [3, 6, 12, 24])
-    window_size: list[int] = Field(default_factory=lambda: [4, 4, 4])
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: tuple[int, ...] = (4, 4, 4)
     mlp_ratio: float = 4.0
     patch_merge_reduce_factor: int = 4
     qkv_bias: bool = True
@@ -44,40 +52,80 @@ class ArtifactInfo(BaseModel):
 
 
 class ModelManifest(BaseModel):
-    """Everything needed to run an exported model: geometry, intensities, labels, artifacts."""
+    """Everything needed to run an exported model: architecture, preprocessing, labels, artifacts.
+
+    ``preprocess`` is the record the model was trained with (``PreprocessSpec``); ``roi_size``,
+    ``target_spacing_mm``, ``hu_window``, ``in_channels`` and ``out_channels`` read it and the
+    architecture (as lists, the JSON form). Manifests written before the record, with those keys
+    at the top level, still load (``_lift_flat_keys``).
+    """
 
     name: str
     preset: str = "custom"
     architecture: ArchitectureConfig
     labels: dict[int, str]
-    roi_size: list[int] = Field(default_factory=lambda: [96, 96, 96])
-    target_spacing_mm: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
-    hu_window: list[float] = Field(default_factory=lambda: [-250.0, 250.0])
-    in_channels: int = 1
-    out_channels: int = 15
+    preprocess: PreprocessSpec = Field(default_factory=PreprocessSpec)
     artifacts: dict[str, ArtifactInfo] = Field(default_factory=dict)
     versions: dict[str, str] = Field(default_factory=dict)
     exported_at: str = ""
     notes: str = ""
 
-    @field_validator("roi_size", "target_spacing_mm")
+    @model_validator(mode="before")
     @classmethod
-    def _three_values(cls, value: list) -> list:
-        if len(value) != 3 or any(v <= 0 for v in value):
-            raise ValueError(f"expected three positive values, got {value}")
-        return value
+    def _lift_flat_keys(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        flat = {key: data.pop(key) for key in _FLAT_PREPROCESS_KEYS if key in data}
+        if flat:
+            if "preprocess" in data:
+                raise ValueError(f"give the preprocess record or the flat keys {sorted(flat)}, not both")
+            data["preprocess"] = flat
+        channels = {key: data.pop(key) for key in ("in_channels", "out_channels") if key in data}
+        if channels:
+            data["architecture"] = _with_channels(data.get("architecture"), channels)
+        return data
 
-    @field_validator("hu_window")
-    @classmethod
-    def _window_ordered(cls, value: list[float]) -> list[float]:
-        if len(value) != 2 or value[0] >= value[1]:
-            raise ValueError(f"expected [low, high] with low < high, got {value}")
-        return value
+    @property
+    def roi_size(self) -> list[int]:
+        return list(self.preprocess.roi_size)
+
+    @property
+    def target_spacing_mm(self) -> list[float]:
+        return list(self.preprocess.target_spacing_mm)
+
+    @property
+    def hu_window(self) -> list[float]:
+        return list(self.preprocess.hu_window)
+
+    @property
+    def in_channels(self) -> int:
+        return self.architecture.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.architecture.out_channels
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / MANIFEST_NAME
         path.write_text(self.model_dump_json(indent=2) + "\n")
         return path
+
+
+_FLAT_PREPROCESS_KEYS = ("roi_size", "target_spacing_mm", "hu_window")
+
+
+def _with_channels(architecture: object, channels: dict[str, int]) -> object:
+    """The architecture with legacy top-level ``in_channels``/``out_channels``; a disagreement is an error."""
+    if architecture is None:
+        return channels
+    given = architecture.model_dump() if isinstance(architecture, BaseModel) else dict(architecture)
+    explicit = architecture.model_fields_set if isinstance(architecture, BaseModel) else set(given)
+    for key, value in channels.items():
+        if key in explicit and given[key] != value:
+            raise ValueError(f"{key} {value} disagrees with the architecture's {given[key]}")
+        given[key] = value
+    return given
 
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:

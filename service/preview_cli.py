@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HELP = "render a PNG preview of a CT and its mask"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ct", type=Path, help="the CT (any format the service reads)")

@@ -22,7 +22,7 @@ from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest, load_manifest
 from service.memory import GpuMemoryTracker, apply_gpu_memory_cap, peak_rss_mb
 from service.metrics_types import CaseMetrics, SegmentationResult
-from service.settings import Settings, body_threshold_hu
+from service.settings import Settings
 from service.volume import Volume
 from service.work_limits import check_model_grid, check_window_count
 
@@ -34,10 +34,10 @@ _BYTES_PER_WINDOW_CHANNEL_VOXEL = 24
 _MAX_AUTO_BATCH = 4
 
 
-def _dtype_for(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[precision]
+# The stitching accumulator's dtype per ``Settings.accumulate_precision``. Why float16 for auto: it
+# halves the stitching slab (the largest buffer after the model's own) on either device; on the
+# CPU it costs ~0.01 s per 96^3 window, next to ~1 s for the network.
+_ACCUMULATE_DTYPES = {"auto": torch.float16, "float16": torch.float16, "float32": torch.float32}
 
 
 class Segmenter:
@@ -63,26 +63,23 @@ class Segmenter:
         if settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         apply_gpu_memory_cap(self.device, settings.gpu_mem_cap_mb)
-        self.precision = _dtype_for(settings.inference_precision, self.device)
-        # float16 halves the stitching slab (the largest buffer after the model's own) on either
-        # device; on the CPU it costs ~0.01 s per 96^3 window, next to ~1 s for the network.
-        self.accumulate_dtype = (
-            torch.float16
-            if settings.accumulate_precision == "auto"
-            else _dtype_for(settings.accumulate_precision, self.device)
-        )
+        self.accumulate_dtype = _ACCUMULATE_DTYPES[settings.accumulate_precision]
         if predictor is None:
             predictor = load_predictor(
                 settings.model_dir,
                 self.manifest,
                 backend=settings.backend,
                 device=self.device,
-                precision=str(self.precision).removeprefix("torch."),
+                precision=settings.inference_precision,  # resolved once, by the predictor
                 gpu_mem_cap_mb=settings.gpu_mem_cap_mb,
                 threads=settings.cpu_threads,
             )
         self.predictor = predictor
         self.backend = predictor.name
+        # What really runs, as the predictor resolved it, not what was asked for.
+        self.precision = str(getattr(predictor, "precision", "float32"))
+        log.info("model %s: %s on %s in %s (asked for %s)", self.manifest.name, self.backend, self.device,
+                 self.precision, settings.inference_precision)
         self.roi = tuple(int(r) for r in self.manifest.roi_size)
         self._tracker = GpuMemoryTracker(self.device)
         self.warmed_up = False
@@ -98,7 +95,6 @@ class Segmenter:
                 preset="formula",
                 architecture=ArchitectureConfig(out_channels=predictor.out_channels),
                 labels={i: FLARE23_LABELS.get(i, f"label_{i}") for i in range(predictor.out_channels)},
-                out_channels=predictor.out_channels,
             )
         return cls(settings, predictor=predictor, manifest=manifest)
 
@@ -111,7 +107,7 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.warmed_up = True
-        log.info("model %s warmed up on %s (%s)", self.manifest.name, self.device, self.backend)
+        log.info("model %s warmed up on %s (%s, %s)", self.manifest.name, self.device, self.backend, self.precision)
 
     def segment(
         self,
@@ -138,7 +134,7 @@ class Segmenter:
             input_spacing_mm=tuple(round(s, 6) for s in volume.spacing),
             device=str(self.device),
             backend=self.backend,
-            precision=str(self.precision).removeprefix("torch."),
+            precision=self.precision,
         )
         started = time.perf_counter()
         self._tracker.reset()
@@ -146,9 +142,8 @@ class Segmenter:
             with self._stage(metrics, "preprocess"):
                 prepared = preprocess(
                     volume,
-                    target_spacing=tuple(self.manifest.target_spacing_mm),
-                    hu_window=tuple(self.manifest.hu_window),
-                    body_threshold_hu=body_threshold_hu(self.settings.body_threshold_hu, self.manifest.hu_window),
+                    self.manifest.preprocess,  # what the model was trained with
+                    body_threshold_hu=self.settings.body_threshold_hu,  # None: the spec's rule
                     body_margin_mm=self.settings.body_margin_mm,
                     crop_to=self.settings.crop_to,
                     device=self.device,
@@ -234,4 +229,4 @@ class Segmenter:
         # The last line of defence for the product's one non-negotiable: same grid as the input.
         if labels.shape != volume.shape:
             raise InferenceError(f"internal error: mask shape {labels.shape} != input shape {volume.shape}")
-        return Volume(array=labels.astype(np.uint8, copy=False), affine=volume.affine.copy(), meta=dict(volume.meta))
+        return volume.with_array(labels.astype(np.uint8, copy=False))

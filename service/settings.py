@@ -3,7 +3,6 @@ use the ``SWINXSEG_`` prefix (e.g. ``SWINXSEG_GPU_MEM_CAP_MB=4096``). Nothing is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,7 +41,8 @@ class Settings(BaseSettings):
     # below the window's low end (-250 HU) reaches it as the same 0 as air. A box with no margin
     # around the voxels above that level therefore drops nothing the network could see; with
     # crop_to="foreground" it is exactly the reference pipeline's CropForeground box: the same
-    # windows, so the same masks. None = the model manifest's HU window low end.
+    # windows, so the same masks. None = the model's PreprocessSpec.crop_threshold_hu() (its HU
+    # window's low end unless the model's record names another threshold).
     body_threshold_hu: float | None = None
     body_margin_mm: float = Field(0.0, ge=0.0)
     crop_to: Literal["foreground", "body"] = Field(
@@ -114,7 +114,3 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown warning codes {unknown}; known: {sorted(WARNING_CODES)}")
         return codes
 
-
-def body_threshold_hu(setting: float | None, hu_window: Sequence[float]) -> float:
-    """The crop's HU threshold: ``SWINXSEG_BODY_THRESHOLD_HU`` if set, else the model's HU window low end."""
-    return float(setting if setting is not None else hu_window[0])

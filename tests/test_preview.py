@@ -9,7 +9,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from model_export.phantom import make_phantom
+from phantoms.generator import make_phantom
 from service.errors import InvalidInputError
 from service.preview import FIGURE_SIZE_PX, PANEL_RECTS, build_figure, oriented_panels, render_preview
 from service.volume import Volume
@@ -92,9 +92,8 @@ def test_mismatched_grids_are_rejected(tmp_path):
 
 
 def test_preview_cli_reads_files_and_writes_png(tmp_path, capsys):
-    from model_export.phantom_cli import write_ct
     from service import preview_cli
-    from service.io.writers import write_mask
+    from service.io.writers import write_ct, write_mask
 
     ct, labels = coarse_phantom("LPS")
     write_ct(ct, tmp_path / "case_0000.nii.gz")

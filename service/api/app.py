@@ -120,8 +120,11 @@ def _start_runtime(app: FastAPI, settings: Settings, work_dir: Path) -> Runtime:
 def _describe_model(runtime: Runtime, segmenter: SegmenterLike) -> None:
     manifest = getattr(segmenter, "manifest", None)
     name = manifest.name if manifest is not None else "unknown"
-    runtime.metrics.set_model(name=name, backend=str(segmenter.backend), device=str(segmenter.device))
-    log.info("serving model %s (%s on %s)", name, segmenter.backend, segmenter.device)
+    precision = getattr(segmenter, "precision", None)  # what runs, as the segmenter resolved it
+    runtime.metrics.set_model(
+        name=name, backend=str(segmenter.backend), device=str(segmenter.device), precision=precision
+    )
+    log.info("serving model %s (%s on %s in %s)", name, segmenter.backend, segmenter.device, precision)
 
 
 async def _warm_up(runtime: Runtime, segmenter: SegmenterLike) -> None:

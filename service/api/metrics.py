@@ -7,8 +7,6 @@ Everything is created in :class:`ServiceMetrics.__init__`; nothing is registered
 
 from __future__ import annotations
 
-import resource
-import sys
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -21,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.memory import peak_rss_mb
 from service.metrics_types import CaseMetrics
 
 # A CT case takes from about a second (small crop on a GPU) to minutes (whole body on a CPU):
@@ -37,12 +36,6 @@ _GPU_SOURCES = {
     "torch_reserved": "peak_gpu_mb_torch_reserved",
     "nvml": "peak_gpu_mb_nvml",
 }
-
-
-def process_peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class ServiceMetrics:
@@ -103,7 +96,7 @@ class ServiceMetrics:
         self.peak_rss_mb = Gauge(
             "swinxseg_peak_rss_mb", "Peak resident memory of the server process (MB)", registry=registry
         )
-        self.peak_rss_mb.set_function(process_peak_rss_mb)
+        self.peak_rss_mb.set_function(peak_rss_mb)
         self.model_info = Info("swinxseg_model", "The served model", registry=registry)
 
     def watch(self, *, queue_depth: Callable[[], float], in_flight: Callable[[], float],
@@ -113,8 +106,12 @@ class ServiceMetrics:
         self.in_flight.set_function(in_flight)
         self.jobs_stored.set_function(jobs_stored)
 
-    def set_model(self, *, name: str, backend: str, device: str) -> None:
-        self.model_info.info({"name": name, "backend": backend, "device": device})
+    def set_model(self, *, name: str, backend: str, device: str, precision: str | None = None) -> None:
+        """The ``swinxseg_model_info`` labels: what really runs (backend, device and, when known, precision)."""
+        labels = {"name": name, "backend": backend, "device": device}
+        if precision is not None:
+            labels["precision"] = str(precision)
+        self.model_info.info(labels)
 
     def observe_case(self, metrics: CaseMetrics, *, case_seconds: float, queue_seconds: float) -> None:
         """Record one successfully segmented case."""

@@ -16,8 +16,8 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import INTERNAL_ERROR_CODE, error_body
-from service.api.logging import request_id_var
 from service.api.metrics import ServiceMetrics
+from service.logs import request_id_var
 
 log = logging.getLogger("swinxseg.api")
 access_log = logging.getLogger("swinxseg.access")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from pydantic import ValidationError
-
-from service.errors import SwinxsegError
+from service.cli_flags import MODEL_FLAGS, Flag, add_settings_flags
+from service.cli_flags import settings_from_args as settings_from
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,41 +19,26 @@ log = logging.getLogger(__name__)
 # default, written out so the limit is documented.
 H11_MAX_HEADER_BYTES = 16 * 1024
 
-# flag dest -> Settings field
-_FLAG_FIELDS = {
-    "host": "host",
-    "port": "port",
-    "model": "model_dir",
-    "device": "device",
-    "backend": "backend",
-    "api_key": "api_key",
-    "gpu_mem_cap_mb": "gpu_mem_cap_mb",
-    "queue_size": "queue_size",
-    "log_json": "log_json",
-}
+HELP = "run the HTTP service"
+
+# The flags that set Settings fields (type, choices and range come from the field).
+FLAGS = (
+    Flag("host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in the container)"),
+    Flag("port", help="TCP port (default 8000)"),
+    *MODEL_FLAGS,
+    Flag("api_key", help="require this key (X-API-Key or Bearer); prefer SWINXSEG_API_KEY"),
+    Flag("queue_size", help="requests that may wait for the model before 429"),
+    Flag("log_json", help="one JSON object per log line"),
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="interface to bind (default 127.0.0.1; 0.0.0.0 in the container)")
-    parser.add_argument("--port", type=int, help="TCP port (default 8000)")
-    parser.add_argument("--model", type=Path, help="exported model folder (default: the demo weights)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--backend", choices=["auto", "torchscript", "onnx"])
-    parser.add_argument("--api-key", help="require this key (X-API-Key or Bearer); prefer SWINXSEG_API_KEY")
-    parser.add_argument("--gpu-mem-cap-mb", type=int, help="hard GPU memory cap in MB (default 4096)")
-    parser.add_argument("--queue-size", type=int, help="requests that may wait for the model before 429")
-    parser.add_argument(
-        "--log-json", action=argparse.BooleanOptionalAction, default=None, help="one JSON object per log line"
-    )
+    add_settings_flags(parser, FLAGS)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Environment first, flags on top (pydantic-settings gives init arguments priority)."""
-    overrides = {field: getattr(args, flag) for flag, field in _FLAG_FIELDS.items() if getattr(args, flag, None) is not None}
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise SwinxsegError(f"invalid settings: {exc}", code="invalid_settings") from None
+    return settings_from(args, FLAGS)
 
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
@@ -65,9 +48,8 @@ def _log_level(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from service.api.app import build_segmenter, create_app
-    from service.api.logging import configure_logging
+    from service.logs import configure_logging
     from service.workdir import ensure_base
 
     settings = settings_from_args(args)

@@ -18,12 +18,14 @@ from service.geometry.resample import (
     resampled_shape,
     restore_labels_nearest,
 )
+from service.preprocess_spec import PreprocessSpec
 
 __all__ = [
     "BodyMask",
     "CropBox",
     "OrientationRecord",
     "PreprocessRecord",
+    "PreprocessSpec",
     "Preprocessed",
     "ResampleRecord",
     "apply_to_ras",

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 
 from service.errors import InvalidInputError
+from service.preprocess_spec import PAPER_HU_WINDOW
 
 
 def scale_intensity(
-    image: torch.Tensor, hu_window: Sequence[float] = (-250.0, 250.0), *, inplace: bool = False
+    image: torch.Tensor, hu_window: Sequence[float] = PAPER_HU_WINDOW, *, inplace: bool = False
 ) -> torch.Tensor:
     """Clip ``image`` (HU, any shape) to ``hu_window = (low, high)`` and map it linearly to [0, 1].
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +25,7 @@ from service.geometry.resample import (
     resampled_affine,
     restore_labels_nearest,
 )
+from service.preprocess_spec import PreprocessSpec
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -132,20 +132,20 @@ def _warn_if_sheared(affine: np.ndarray) -> None:
 
 def preprocess(
     volume: Volume,
+    spec: PreprocessSpec,
     *,
-    target_spacing: Sequence[float],
-    hu_window: Sequence[float],
-    body_threshold_hu: float,
-    body_margin_mm: float,
+    body_threshold_hu: float | None = None,
+    body_margin_mm: float = 0.0,
     crop_to: str = "foreground",
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
 ) -> Preprocessed:
     """Turn a CT ``Volume`` (HU) into the network's ``(X, Y, Z)`` [0, 1] image on ``device``.
 
-    ``target_spacing`` (mm) and ``hu_window`` (HU) come from the model manifest; the crop box
-    (``crop_to``: ``foreground`` or ``body``, see ``service.geometry.body``) uses
-    ``body_threshold_hu`` and adds ``body_margin_mm`` on every side. Peak device memory: the
+    ``spec`` (the model's ``PreprocessSpec``: spacing in mm, HU window) says what the network was
+    trained on; the crop box (``crop_to``: ``foreground`` or ``body``, see ``service.geometry.body``)
+    keeps voxels above ``spec.crop_threshold_hu(body_threshold_hu)`` HU and adds ``body_margin_mm``
+    on every side. Raises ``InvalidInputError`` for a volume that cannot be resampled. Peak device memory: the
     larger of (input in its own dtype + its float32 copy) and (source + result of one 1D
     resampling pass), plus bounded temporaries; no float64 volume is ever made.
     """
@@ -156,13 +156,13 @@ def preprocess(
     tensor, owned = _to_device(apply_to_ras(volume.array, orientation), device, dtype)
     holder = [tensor]
     del tensor  # handed over, so resampling can free the input volume after its first pass
-    image, resample = resample_consuming(holder, _column_spacing(ras_affine), target_spacing)
+    image, resample = resample_consuming(holder, _column_spacing(ras_affine), spec.target_spacing_mm)
     owned = owned or any(resample.axis_changes(axis) for axis in range(3))  # a new tensor
     model_affine = resampled_affine(ras_affine, resample.spacing_in, resample.spacing_out)
 
     box, body = body_bounding_box(
         image,
-        threshold=body_threshold_hu,
+        threshold=spec.crop_threshold_hu(body_threshold_hu),
         spacing_mm=_column_spacing(model_affine),
         margin_mm=body_margin_mm,
         box_of=crop_to,
@@ -171,7 +171,7 @@ def preprocess(
     if not (owned and image.is_contiguous() and box.is_full(resample.shape_out)):
         # A real copy, so the uncropped volume is freed and the caller's array never written.
         image = image.clone(memory_format=torch.contiguous_format)
-    image = scale_intensity(image, hu_window, inplace=True)
+    image = scale_intensity(image, spec.hu_window, inplace=True)
 
     record = PreprocessRecord(
         original_shape=volume.shape,

@@ -46,6 +46,7 @@ class Predictor(Protocol):
     out_channels: int
     device: torch.device
     name: str
+    precision: str  # the arithmetic the network really runs in: float32, float16 or bfloat16
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 1, Rx, Ry, Rz) float32 on ``device`` -> (B, C, Rx, Ry, Rz) logits on ``device``."""
@@ -67,11 +68,13 @@ class FormulaPredictor:
         device: torch.device | str = "cpu",
         *,
         name: str = "formula",
+        precision: str = "float32",
     ) -> None:
         self.fn = fn
         self.out_channels = int(out_channels)
         self.device = torch.device(device)
         self.name = name
+        self.precision = precision
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch)
@@ -101,7 +104,7 @@ class TorchScriptPredictor:
     ) -> None:
         self.device = torch.device(device)
         self.out_channels = int(out_channels)
-        self.precision = _effective_precision(resolve_precision(precision, self.device), self.device)
+        self.precision = resolve_precision(precision, self.device)
         self.name = f"torchscript-{self.precision}"
         try:
             with warnings.catch_warnings():
@@ -128,19 +131,20 @@ class TorchScriptPredictor:
             return self.module(batch)
 
 
-def _effective_precision(precision: str, device: torch.device) -> str:
-    if device.type != "cuda" and precision == "float16":
-        logger.warning("float16 requested on %s: running float32 (CPU float16 is slow)", device)
-        return "float32"
-    return precision
-
-
 def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """``auto`` -> float16 on CUDA, float32 elsewhere; other values pass through."""
+    """The precision TorchScript really runs for a request: the one place a request is resolved.
+
+    ``auto`` -> float16 on CUDA, float32 elsewhere. float16 on the CPU runs float32 (CPU float16
+    kernels are slower than float32), with a warning; bfloat16 autocast runs on either device.
+    Raises ``ValueError`` for any other value.
+    """
     if precision == "auto":
         return "float16" if device.type == "cuda" else "float32"
     if precision not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"precision must be auto, float32, float16 or bfloat16, got {precision!r}")
+    if precision == "float16" and device.type != "cuda":
+        logger.warning("float16 requested on %s: running float32 (CPU float16 is slow)", device)
+        return "float32"
     return precision
 
 
@@ -192,6 +196,8 @@ class OnnxPredictor:
             )
         self.out_channels = _onnx_out_channels(out.shape, out_channels, path)
         self.name = f"onnx-{'cuda' if self.device.type == 'cuda' else 'cpu'}"
+        # An ONNX graph runs in the precision it was exported in, whatever was asked for.
+        self.precision = "float16" if self.input_dtype == torch.float16 else "float32"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch)

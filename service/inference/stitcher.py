@@ -61,6 +61,7 @@ import torch
 from service.errors import CaseCancelledError, InferenceError
 from service.inference.predictors import Predictor
 from service.inference.windows import Triple, gaussian_importance, window_grid
+from service.preprocess_spec import PAPER_ROI_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -300,7 +301,9 @@ class _Runner:
             self.on_slab(slab.lo, slab.lo + n)
 
 
-def _validate(image: torch.Tensor, roi: Sequence[int], sw_batch_size: int, output: str) -> Triple:
+def _validate(image: torch.Tensor, roi: Sequence[int], sw_batch_size: int, output: str, channels: int) -> Triple:
+    if output == "labels" and channels > 256:
+        raise ValueError(f"uint8 labels hold at most 256 classes, the predictor has {channels}")
     if image.ndim != 3:
         raise ValueError(f"image must be (X, Y, Z), got shape {tuple(image.shape)}")
     if len(roi) != 3 or any(int(r) < 1 for r in roi):
@@ -400,7 +403,7 @@ def sliding_window_labels(
     image: torch.Tensor,
     predictor: Predictor,
     *,
-    roi: Sequence[int] = (96, 96, 96),
+    roi: Sequence[int] = PAPER_ROI_SIZE,
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     sigma_scale: float = 0.125,
@@ -434,24 +437,14 @@ def sliding_window_labels(
         StitchOutOfMemory: CUDA ran out of memory at batch size 1 or while stitching.
         CaseCancelledError: ``should_stop()`` returned True.
     """
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    roi_t = _validate(image, roi, sw_batch_size, output)
-    shape: Triple = tuple(int(s) for s in image.shape)  # type: ignore[assignment]
+    image = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     channels = int(predictor.out_channels)
-    if output == "labels" and channels > 256:
-        raise ValueError(f"uint8 labels hold at most 256 classes, the predictor has {channels}")
+    roi_t = _validate(image, roi, sw_batch_size, output, channels)
+    shape: Triple = tuple(int(s) for s in image.shape)  # type: ignore[assignment]
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else predictor.device
 
     axis = stream_axis(shape, roi_t)
-    order = _axis_order(axis)
-    inverse: Triple = tuple(int(i) for i in np.argsort(order))  # type: ignore[assignment]
-    if axis != 2:
-        # Everything below works in slab order (streamed axis last) on views of the inputs.
-        image = image.permute(order)
-        predictor = _ReorderedPredictor(predictor, order, inverse)
-        body = None if body is None else _ReorderedBody(body, inverse)
-        shape, roi_t = _permute_triple(shape, order), _permute_triple(roi_t, order)
+    image, predictor, body, shape, roi_t, inverse = _in_slab_order(image, predictor, body, shape, roi_t, axis)
 
     windows, skipped = _split_by_body(window_grid(shape, roi_t, overlap), body)
     slab = _allocate_slab(channels, shape, min(roi_t[2], shape[2]), acc_device, accumulate_dtype)
@@ -469,16 +462,32 @@ def sliding_window_labels(
         should_stop=should_stop,
     )
     _run_or_release(runner, windows)
-    logger.debug(
-        "stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
-        shape,
-        axis,
-        runner.windows_run,
-        skipped,
-        slab.nbytes / 2**20,
-        acc_device,
+    logger.debug("stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
+                 shape, axis, runner.windows_run, skipped, slab.nbytes / 2**20, acc_device)
+    return _stitch_result(sink, inverse, runner, skipped=skipped, slab=slab, acc_device=acc_device, axis=axis)
+
+
+def _in_slab_order(image: torch.Tensor, predictor: Predictor, body: BodyRegion | None, shape: Triple,
+                   roi: Triple, axis: int):
+    """Views of the inputs with the streamed ``axis`` last, and the permutation that undoes it."""
+    order = _axis_order(axis)
+    inverse: Triple = tuple(int(i) for i in np.argsort(order))  # type: ignore[assignment]
+    if axis == 2:
+        return image, predictor, body, shape, roi, inverse
+    return (
+        image.permute(order),
+        _ReorderedPredictor(predictor, order, inverse),
+        None if body is None else _ReorderedBody(body, inverse),
+        _permute_triple(shape, order),
+        _permute_triple(roi, order),
+        inverse,
     )
-    if output == "labels":
+
+
+def _stitch_result(sink, inverse: Triple, runner: _Runner, *, skipped: int, slab: torch.Tensor,
+                   acc_device: torch.device, axis: int) -> StitchResult:
+    """The sink's output back in the image's own axis order, with what the run cost."""
+    if isinstance(sink, _LabelSink):
         labels, scores = np.ascontiguousarray(sink.array.transpose(inverse)), None
     else:
         labels, scores = None, np.ascontiguousarray(sink.array.transpose((0, *(1 + i for i in inverse))))

@@ -1,14 +1,16 @@
-"""Write label masks as uint8 NIfTI, atomically.
+"""Write label masks as uint8 NIfTI and CTs as int16 NIfTI, atomically.
 
-Header rules (both the file and the in-memory variant):
+Header rules (masks in a file or in memory, and CTs):
 
-- voxels are ``uint8`` (labels 0..255; anything outside that range is a ``ValueError``);
+- mask voxels are ``uint8`` (labels 0..255; anything outside that range is a ``ValueError``),
+  CT voxels ``int16`` HU (rounded; outside -32768..32767 is a ``ValueError``);
 - a mask of a NIfTI input (``meta["nifti_geometry"]``, on the same affine) gets the input's own
   geometry fields verbatim: qform and sform with their codes (0 stays 0), pixdim and units
-  (always as NIfTI-1, which ITK reads and NIfTI-2 is not), so every reader, whatever its qform/sform rule, places the mask exactly
-  where it places the image (see :mod:`service.io.nifti_header`);
-- any other mask (NRRD, MetaImage, DICOM input) gets the volume's affine as BOTH the sform and
-  the qform, each with code 1 (scanner), and ``xyzt_units`` say mm;
+  (always as NIfTI-1, which ITK reads and NIfTI-2 is not), so every reader, whatever its
+  qform/sform rule, places the mask exactly where it places the image (see
+  :mod:`service.io.nifti_header`);
+- any other mask (NRRD, MetaImage, DICOM input) and every CT get the volume's affine as BOTH the
+  sform and the qform, each with code 1 (scanner), and ``xyzt_units`` say mm;
 - no intensity scaling (``scl_slope`` unset), so readers get the labels back verbatim.
 
 Affine precision: NIfTI stores the sform rows as float32, and nibabel returns the sform on load
@@ -58,9 +60,22 @@ def write_mask(volume: Volume, path: Path) -> None:
         ValueError: labels outside 0..255 (or not whole numbers), or a suffix other than
             ``.nii``/``.nii.gz``.
     """
-    path = Path(path)
+    _write_atomically(_mask_image(volume), Path(path))
+    logger.debug("wrote mask %s %s", path, volume.shape)
+
+
+def write_ct(volume: Volume, path: Path) -> None:
+    """Write ``volume`` (HU) as an int16 NIfTI CT at ``path``, atomically, with ``write_mask``'s header rules.
+
+    Raises:
+        ValueError: HU values outside the int16 range, or a suffix other than ``.nii``/``.nii.gz``.
+    """
+    _write_atomically(_ct_image(volume), Path(path))
+    logger.debug("wrote CT %s %s", path, volume.shape)
+
+
+def _write_atomically(image: nib.Nifti1Image, path: Path) -> None:
     compress = _compress_for(path)
-    image = _mask_image(volume)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
     try:
@@ -75,7 +90,6 @@ def write_mask(volume: Volume, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    logger.debug("wrote mask %s %s", path, volume.shape)
 
 
 def mask_to_nifti_bytes(volume: Volume) -> bytes:
@@ -109,19 +123,41 @@ def _mask_labels(array: np.ndarray) -> np.ndarray:
     return array.astype(np.uint8)
 
 
+def _ct_voxels(array: np.ndarray) -> np.ndarray:
+    """HU as int16, rounded; refuses values an int16 cannot hold."""
+    if array.dtype == np.int16:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"CT voxels must be numeric HU, got dtype {array.dtype}")
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    if array.size and (array.min() < -32768 or array.max() > 32767):
+        raise ValueError(f"CT HU must fit in int16, got values from {array.min()} to {array.max()}")
+    return array.astype(np.int16)
+
+
 def _mask_image(volume: Volume) -> nib.Nifti1Image:
     labels = _mask_labels(np.asarray(volume.array))
-    affine = np.asarray(volume.affine, dtype=np.float64)
     geometry = volume.meta.get("nifti_geometry")
-    if isinstance(geometry, NiftiGeometry) and geometry.places(affine):
+    if isinstance(geometry, NiftiGeometry) and geometry.places(np.asarray(volume.affine, dtype=np.float64)):
         return _mask_image_like_input(labels, geometry)
+    return _scanner_image(labels, volume.affine)
+
+
+def _ct_image(volume: Volume) -> nib.Nifti1Image:
+    return _scanner_image(_ct_voxels(np.asarray(volume.array)), volume.affine)
+
+
+def _scanner_image(voxels: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """``voxels`` with ``affine`` as sform and qform (code 1), mm units, no intensity scaling."""
+    affine = np.asarray(affine, dtype=np.float64)
     header = nib.Nifti1Header()
-    header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(labels, affine, header=header)
+    header.set_data_dtype(voxels.dtype)
+    image = nib.Nifti1Image(voxels, affine, header=header)
     image.set_sform(affine, code=_NIFTI_SCANNER_CODE)
     image.set_qform(affine, code=_NIFTI_SCANNER_CODE)
     image.header.set_xyzt_units(xyz="mm")
-    # No scaling: labels must read back verbatim.
+    # No scaling: labels and HU must read back verbatim.
     image.header.set_slope_inter(np.nan, np.nan)
     return image
 

@@ -14,14 +14,14 @@ import pytest
 from api.apikit import FakeSegmenter, ct_array, manifest, nifti_gz_bytes, post_ct, serving
 
 from service.api.deps import get_segmenter
-from service.api.logging import (
+from service.api.uploads import Upload, case_name_of
+from service.logs import (
     JsonFormatter,
     RequestIdFilter,
     TextFormatter,
     configure_logging,
     request_id_var,
 )
-from service.api.uploads import Upload, case_name_of
 
 
 @pytest.mark.parametrize(
@@ -128,6 +128,8 @@ def test_real_segmenter_with_a_formula_predictor(make_settings):
     """The real engine end to end through HTTP: a formula predictor that labels HU > 50."""
     torch = pytest.importorskip("torch")
     from service.inference.predictors import FormulaPredictor
+    from service.manifest import ArchitectureConfig
+    from service.preprocess_spec import PreprocessSpec
     from service.segmenter import Segmenter
 
     def logits(batch):  # batch: (B, 1, X, Y, Z) windowed to [0, 1] from [-250, 250] HU
@@ -136,7 +138,8 @@ def test_real_segmenter_with_a_formula_predictor(make_settings):
 
     settings = make_settings(device="cpu")
     segmenter = Segmenter.from_predictor(settings, FormulaPredictor(logits, out_channels=2), manifest().model_copy(
-        update={"roi_size": [16, 16, 16], "target_spacing_mm": [1.5, 1.5, 2.5], "out_channels": 2}
+        update={"preprocess": PreprocessSpec(roi_size=(16, 16, 16), target_spacing_mm=(1.5, 1.5, 2.5)),
+                "architecture": ArchitectureConfig(out_channels=2)}
     ))
     with serving(settings, segmenter) as client:
         response = post_ct(client, nifti_gz_bytes())

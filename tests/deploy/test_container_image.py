@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from service_e2e.serverkit import free_port, wait_for
 
-from model_export.phantom import make_phantom
-from model_export.phantom_cli import write_ct
+from phantoms.generator import make_phantom
+from service.io.writers import write_ct
 
 pytestmark = pytest.mark.image
 

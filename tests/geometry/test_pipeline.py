@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.geometry import preprocess, restore_labels
+from service.geometry import PreprocessSpec, preprocess, restore_labels
 from service.volume import Volume
 
 SHAPE = (128, 128, 24)  # at (0.7, 0.7, 5.0) mm: every layout holds a 44 mm ball around the centre
@@ -13,7 +13,7 @@ TABLE_Y_MM = (-48.0, -40.0)  # 15 mm of air under the body (posterior = -A)
 # and below the soft-tissue label threshold, so "thresholding the original" leaves it background.
 HU = {"air": -1000, "body": 40, "organ": 200, "table": -200}
 OPTIONS = dict(
-    target_spacing=(1.0, 1.0, 1.0), hu_window=(-250.0, 250.0), body_threshold_hu=-500.0,
+    spec=PreprocessSpec(target_spacing_mm=(1.0, 1.0, 1.0), hu_window=(-250.0, 250.0)), body_threshold_hu=-500.0,
     body_margin_mm=5.0, device="cpu",
 )
 

@@ -14,8 +14,8 @@ def main() -> int:
     sys.path[:0] = [str(TESTS), str(TESTS.parent)]
     from service_e2e.formula_app import create_formula_app
 
-    from service.api.logging import configure_logging
     from service.api.serve_cli import serve_app
+    from service.logs import configure_logging
     from service.settings import Settings
     from service.workdir import ensure_base
 

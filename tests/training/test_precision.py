@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from model_export.training.precision import (
+from training.precision import (
     autocast,
     bf16_gradient_error,
     convolution_inputs,

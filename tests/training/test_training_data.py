@@ -7,7 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from model_export.training.data import (
+from service.errors import InvalidInputError
+from service.geometry import preprocess, restore_labels
+from service.volume import Volume
+from training.data import (
     PreprocessParams,
     labels_on_image_grid,
     labels_to_model_grid,
@@ -17,23 +20,12 @@ from model_export.training.data import (
     read_datalist,
     split_holdout,
 )
-from service.errors import InvalidInputError
-from service.geometry import preprocess, restore_labels
-from service.volume import Volume
 
 PARAMS = PreprocessParams()
 
 
 def _preprocess(ct: Volume, params: PreprocessParams = PARAMS):
-    return preprocess(
-        ct,
-        target_spacing=params.target_spacing,
-        hu_window=params.hu_window,
-        body_threshold_hu=params.body_threshold_hu,
-        body_margin_mm=params.body_margin_mm,
-        crop_to=params.crop_to,
-        device="cpu",
-    )
+    return preprocess(ct, params.spec, body_margin_mm=params.body_margin_mm, crop_to=params.crop_to, device="cpu")
 
 
 @pytest.mark.parametrize(

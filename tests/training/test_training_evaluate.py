@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from model_export.training.evaluate import dice_per_label, mean_dice, mean_over_cases, predict_case
-from model_export.training.make_demo_weights import command_for, dice_table
+from service.evaluation import dice_per_label, mean_dice
+from training.evaluate import mean_over_cases, predict_case
+from training.make_demo_weights import command_for, dice_table
 
 
 def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
@@ -19,7 +20,7 @@ def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
     truth[3, 3, 3] = 2
     prediction = truth.copy()
     prediction[0] = 0  # half of label 1 missed
-    scores = dice_per_label(prediction, truth, num_classes=4)
+    scores = dice_per_label(prediction, truth, labels=range(1, 4))
     assert scores[1] == pytest.approx(2 * 16 / (16 + 32))
     assert scores[2] == 1.0
     assert math.isnan(scores[3])
@@ -28,7 +29,7 @@ def test_dice_per_label_counts_every_label_and_leaves_absent_ones_undefined():
         (scores[1] + 1.0) / 2
     )
     with pytest.raises(ValueError, match="shape"):
-        dice_per_label(prediction[:2], truth, num_classes=4)
+        dice_per_label(prediction[:2], truth, labels=range(1, 4))
 
 
 def test_predict_case_restores_the_training_mode():
@@ -40,7 +41,7 @@ def test_predict_case_restores_the_training_mode():
 
 
 def test_model_card_command_reproduces_the_run_config():
-    from model_export.training.loop import TrainConfig
+    from training.loop import TrainConfig
 
     config = TrainConfig(
         patch_size=64,
@@ -61,7 +62,7 @@ def test_model_card_command_reproduces_the_run_config():
     ).to_dict()
     import argparse
 
-    from model_export.train_cli import add_arguments, resolve_config
+    from training.cli import add_arguments, resolve_config
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -78,7 +79,7 @@ def test_dice_table_has_a_row_per_label_and_the_organ_mean():
 
 
 def test_status_line_says_under_trained_below_the_target_in_any_layout():
-    from model_export.training.make_demo_weights import status_line
+    from training.make_demo_weights import status_line
 
     good = {1: 0.9, 2: 0.88}
     assert "under-trained" not in status_line({"RAS": (good, []), "LPS": (good, [])})
@@ -86,7 +87,7 @@ def test_status_line_says_under_trained_below_the_target_in_any_layout():
 
 
 def test_status_line_counts_single_phantoms_under_the_target():
-    from model_export.training.make_demo_weights import status_line
+    from training.make_demo_weights import status_line
 
     good = {1: 0.9, 2: 0.88}
     rows = [("phantom 1", {1: 0.95, 2: 0.93}, 1.0), ("phantom 2", {1: 0.85, 2: 0.83}, 1.0)]
@@ -98,8 +99,8 @@ def test_status_line_counts_single_phantoms_under_the_target():
 
 
 def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
-    from model_export.training.loop import TrainConfig
-    from model_export.training.make_demo_weights import EVAL_GRIDS, model_card
+    from training.loop import TrainConfig
+    from training.make_demo_weights import EVAL_GRIDS, model_card
 
     data = {"kind": "phantoms", "count": 4, "seed_start": 1000, "val_count": 1, "val_seed_start": 5000}
     config = TrainConfig(data=data).to_dict()
@@ -120,7 +121,7 @@ def test_model_card_reports_each_case_and_how_many_were_evaluated(tmp_path):
 
 
 def test_model_card_names_the_labels_the_weights_never_find():
-    from model_export.training.make_demo_weights import unlearned_labels_line
+    from training.make_demo_weights import unlearned_labels_line
 
     organs = {label: 0.9 for label in range(1, 14)}
     missed = {"RAS": ({**organs, 14: 0.0}, []), "LPS": ({**organs, 14: 0.01}, [])}

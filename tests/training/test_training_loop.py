@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from model_export.training.checkpointing import load_training_state
-from model_export.training.data import PreparedCase, PreprocessParams, load_cases
-from model_export.training.loop import TrainConfig, Trainer, build_model, lr_factor, train
+from training.checkpointing import load_training_state
+from training.data import PreparedCase, PreprocessParams, load_cases
+from training.loop import TrainConfig, Trainer, build_model, lr_factor, train
 
 PATCH = 32
 PARAMS = PreprocessParams()
@@ -172,7 +172,7 @@ def test_prepared_case_type_is_what_the_loop_takes(cases):
 
 def _loss_and_absent_class_gradient(dice: str) -> tuple[float, float]:
     """Loss of a perfect-ish prediction for class 3 and its gradient on an absent class's logits, Dice part only."""
-    from model_export.training.loop import dice_ce_loss
+    from training.loop import dice_ce_loss
 
     torch.manual_seed(0)
     labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
@@ -201,7 +201,7 @@ def test_batch_dice_leaves_absent_classes_to_the_cross_entropy():
 
 
 def test_bf16_precision_runs_the_network_in_bfloat16_and_keeps_float32_weights(tmp_path, cases):
-    from model_export.training.precision import unreliable_bf16_convolutions
+    from training.precision import unreliable_bf16_convolutions
 
     trainer = Trainer(_config(steps=2, precision="bf16"), cases[:2], [], tmp_path)
     # Every convolution, as the trainer now runs it, has bf16 gradients that agree with float32:
@@ -245,7 +245,7 @@ def test_a_non_finite_gradient_stops_the_run_before_it_reaches_the_weights(tmp_p
 
 
 def test_class_weights_scale_a_missed_class_gradient_in_the_loss():
-    from model_export.training.loop import dice_ce_loss
+    from training.loop import dice_ce_loss
 
     labels = torch.zeros(1, 1, 8, 8, 8, dtype=torch.long)
     labels[:, :, 2:4, 2:4, 2:4] = 7  # a small organ the network still calls background
@@ -268,7 +268,7 @@ def test_class_weights_scale_a_missed_class_gradient_in_the_loss():
 def test_runs_saved_before_the_dice_option_resume_with_per_patch_dice():
     from argparse import Namespace
 
-    from model_export.train_cli import CONFIG_OPTIONS, resolve_config
+    from training.cli import CONFIG_OPTIONS, resolve_config
 
     saved = _config().to_dict()
     saved.pop("dice")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_export.training.sampling import AugmentConfig, PatchSampler, label_centres
+from training.sampling import AugmentConfig, PatchSampler, label_centres
 
 
 def _volume(shape=(64, 48, 40)):

@@ -7,8 +7,8 @@ import argparse
 import nibabel as nib
 import numpy as np
 
-from model_export import phantom_cli
-from model_export.phantom import make_phantom
+from phantoms import cli as phantom_cli
+from phantoms.generator import make_phantom
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Export a training checkpoint as the bundled demo weights and write their model card.
 
-    python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/best.pt --out weights/demo
+    python -m training.make_demo_weights --checkpoint runs/demo_train/best.pt --out weights/demo
 
 Steps: ``export_model`` (TorchScript + ONNX + manifest, name ``swinxseg-tiny-phantom-demo``);
 then an evaluation through the *service* path (``service.segmenter.Segmenter`` on the exported
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from model_export.train_cli import CONFIG_OPTIONS
+from training.cli import CONFIG_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,10 @@ def evaluate_demo(
     model_dir: Path, *, per_grid: int, threads: int
 ) -> dict[str, tuple[dict[int, float], list]]:
     """Held-out Dice through the service (``Segmenter`` on the exported folder), per storage layout."""
-    from model_export.phantom import make_phantom
-    from model_export.training.evaluate import evaluate_segmenter
+    from phantoms.generator import make_phantom
     from service.segmenter import Segmenter
     from service.settings import Settings
+    from training.evaluate import evaluate_segmenter
 
     segmenter = Segmenter(Settings(model_dir=model_dir, device="cpu", cpu_threads=threads))
     classes = segmenter.manifest.out_channels
@@ -140,7 +140,7 @@ def _fmt(value: float) -> str:
 
 def dice_table(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """Markdown table: one row per label, one column per storage layout, plus the organ mean."""
-    from model_export.training.evaluate import mean_dice
+    from service.evaluation import mean_dice
     from service.labels import FLARE23_LABELS, ORGAN_LABELS
 
     titles = list(results)
@@ -164,7 +164,7 @@ def _best_line(state: dict) -> str:
 
 def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[tuple[str, str, float, float]]:
     """``(layout title, case name, mean organ Dice, seconds)`` for every evaluated case, in order."""
-    from model_export.training.evaluate import mean_dice
+    from service.evaluation import mean_dice
     from service.labels import ORGAN_LABELS
 
     return [
@@ -176,7 +176,7 @@ def case_organ_means(results: dict[str, tuple[dict[int, float], list]]) -> list[
 
 def status_line(results: dict[str, tuple[dict[int, float], list]]) -> str:
     """One plain sentence on whether the held-out organ mean reaches the target in every layout."""
-    from model_export.training.evaluate import mean_dice
+    from service.evaluation import mean_dice
     from service.labels import ORGAN_LABELS
 
     means = [mean_dice(scores, ORGAN_LABELS) for scores, _ in results.values()]
@@ -221,6 +221,18 @@ def unlearned_labels_line(results: dict[str, tuple[dict[int, float], list]]) -> 
         "**Not learned:** label " + ", ".join(missed) + " in every held-out layout; a mask from these "
         "weights without that label says nothing about its absence."
     )
+
+
+def _preprocessing_text(config: dict) -> str:
+    """``1 mm grid, HU window [-250, 250]`` for the run's recorded preprocessing."""
+    from service.preprocess_spec import PreprocessSpec
+    from training.data import PreprocessParams
+
+    spec = PreprocessParams.from_dict(config["preprocess"]).spec if "preprocess" in config else PreprocessSpec()
+    spacing = spec.target_spacing_mm
+    grid = f"{spacing[0]:g} mm" if len(set(spacing)) == 1 else "x".join(f"{s:g}" for s in spacing) + " mm"
+    low, high = spec.hu_window
+    return f"{grid} grid, HU window [{low:g}, {high:g}]"
 
 
 def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
@@ -289,17 +301,17 @@ unreliable masks.
 ## What it is
 Swin-X Seg, `{config["preset"]}` preset ({parameters / 1e6:.2f} M parameters), {config["out_channels"]}
 output classes (FLARE-23: background, 13 organs, tumour), exported as TorchScript and ONNX with
-`manifest.json` (1 mm grid, HU window [-250, 250], the manifest's sliding-window ROI).
+`manifest.json` ({_preprocessing_text(config)}, the manifest's sliding-window ROI).
 Artifacts: {artifacts_mb:.1f} MB.
 
 ## Training data
-Synthetic abdominal CT phantoms from `model_export/phantom.py`, no patient data:
+Synthetic abdominal CT phantoms from `phantoms/generator.py`, no patient data:
 {data.get("count", "?")} training phantoms (seeds from {data.get("seed_start", "?")}) and
 {data.get("val_count", "?")} validation phantoms (seeds from {data.get("val_seed_start", "?")}).
 Each phantom is stored on a grid drawn from its seed: in-plane 0.8-2.5 mm, slices 1-3 mm,
 orientation RAS/LPS/LAS/RPS/LPI/PIR, one in five oblique (5-15 degrees). Every image went through
 the service's own preprocessing (`service.geometry.preprocess`); labels followed by the matching
-nearest-neighbour map (`model_export.training.data.labels_to_model_grid`).
+nearest-neighbour map (`training.data.labels_to_model_grid`).
 
 ## Recipe
 """
@@ -311,7 +323,7 @@ does not reproduce it: `weights/demo/TRAINING.md` lists every leg, with timings 
 and resume.
 ```bash
 {command_for(config)}
-python -m model_export.training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo{evaluate_option}
+python -m training.make_demo_weights --checkpoint runs/demo_train/{checkpoint.name} --out weights/demo{evaluate_option}
 ```
 
 ## Held-out evaluation, through the service
@@ -360,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("weights/demo"), help="exported model folder")
     parser.add_argument("--cases-per-grid", type=int, default=1, help="held-out phantoms per storage layout")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the evaluation")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(level="INFO")
     return run(parser.parse_args(argv))
 
 

@@ -742,4 +742,5 @@ def make_phantom(
 
     meta = {"source": "phantom", "seed": int(seed), "orientation": orientation.upper(), "oblique_deg": float(oblique_deg)}
     logger.debug("phantom seed=%d shape=%s in %.2f s", seed, shape, time.perf_counter() - start)
-    return Volume(array=ct, affine=affine, meta=dict(meta)), Volume(array=labels, affine=affine.copy(), meta=meta)
+    ct_volume = Volume(array=ct, affine=affine, meta=dict(meta))
+    return ct_volume, ct_volume.with_array(labels)

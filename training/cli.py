@@ -20,9 +20,12 @@ import logging
 import signal
 from pathlib import Path
 
+from service.cli_flags import error_line
 from service.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
+
+HELP = "fine-tune Swin-X Seg on labelled CTs"
 
 # CLI option -> TrainConfig field, for the hyper-parameters that default to None on the command
 # line so that "not given" can mean "as in the checkpoint" on --resume.
@@ -149,6 +152,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CPUs with AVX512-BF16/AMX and slower on those without; convolutions whose bf16 gradients "
         "this CPU gets wrong are found at start and kept in fp32",
     )
+    recipe.add_argument(
+        "--spacing-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
+        help="model grid spacing in mm, recorded in the checkpoint for export (default 1 1 1, the paper's)",
+    )
+    recipe.add_argument(
+        "--hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+        help="HU window mapped to [0, 1], recorded in the checkpoint for export (default -250 250, the paper's)",
+    )
     recipe.add_argument("--val-interval", type=int, help="validate every N steps (default 250)")
     recipe.add_argument("--val-overlap", type=float, help="sliding-window overlap when validating (0.25)")
     recipe.add_argument("--checkpoint-interval", type=int, help="save last.pt every N steps (default 100)")
@@ -216,7 +227,7 @@ def _data_spec(args: argparse.Namespace) -> dict | None:
 
 def sources_for(spec: dict) -> tuple[list, list]:
     """(training sources, validation sources) for a data spec from ``_data_spec``."""
-    from model_export.training.data import pair_folders, phantom_cases, read_datalist, split_holdout
+    from training.data import pair_folders, phantom_cases, read_datalist, split_holdout
 
     kind = spec.get("kind")
     if kind == "datalist":
@@ -235,8 +246,8 @@ def sources_for(spec: dict) -> tuple[list, list]:
 
 def resolve_config(args: argparse.Namespace, saved: dict | None):
     """TrainConfig from defaults, overlaid by the checkpoint's config, overlaid by the given options."""
-    from model_export.training.data import PreprocessParams
-    from model_export.training.loop import TrainConfig
+    from training.data import PreprocessParams
+    from training.loop import TrainConfig
 
     values = TrainConfig(preprocess=PreprocessParams.service_defaults()).to_dict()
     if saved:
@@ -251,12 +262,37 @@ def resolve_config(args: argparse.Namespace, saved: dict | None):
     spec = _data_spec(args)
     if spec is not None:
         values["data"] = spec
+    _apply_preprocess_options(args, values)
     if not values.get("data"):
         raise InvalidInputError("no training data: give --datalist, --images/--labels or --phantoms")
     try:
         return TrainConfig.from_dict(values)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
+        raise InvalidInputError(error_line(exc)) from None
+    except TypeError as exc:
         raise InvalidInputError(str(exc)) from None
+
+
+def _apply_preprocess_options(args: argparse.Namespace, values: dict) -> None:
+    """``--spacing-mm`` / ``--hu-window`` into the config's ``PreprocessSpec`` (``values`` in place)."""
+    from training.data import PreprocessParams
+
+    changes = {
+        field: tuple(given)
+        for field, given in (
+            ("target_spacing_mm", getattr(args, "spacing_mm", None)),
+            ("hu_window", getattr(args, "hu_window", None)),
+        )
+        if given is not None
+    }
+    if not changes:
+        return
+    params = PreprocessParams.from_dict(values["preprocess"])
+    try:
+        spec = params.spec.replace(**changes)
+    except ValueError as exc:
+        raise InvalidInputError(f"--spacing-mm/--hu-window: {error_line(exc)}") from None
+    values["preprocess"] = {**params.to_dict(), "spec": spec.model_dump(mode="json")}
 
 
 class _StopFlag:
@@ -288,9 +324,9 @@ def _training_device(name: str):
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``swinxseg train``; returns the exit code."""
-    from model_export.training.checkpointing import load_training_state, resolve_checkpoint_path
-    from model_export.training.data import load_cases
-    from model_export.training.loop import train
+    from training.checkpointing import load_training_state, resolve_checkpoint_path
+    from training.data import load_cases
+    from training.loop import train
 
     device = _training_device(args.device)
     state = load_training_state(args.resume) if args.resume else None

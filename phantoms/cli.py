@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model_export.phantom import DEFAULT_SPACING
+from phantoms.generator import DEFAULT_SPACING
+
+HELP = "write a synthetic abdominal CT phantom and its labels"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,22 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oblique-deg", type=float, default=0.0, help="rotate the voxel axes by this angle (degrees)")
 
 
-def write_ct(volume, path: Path) -> None:
-    """Write an int16 HU CT as NIfTI with the affine as both qform and sform (code 1, scanner), mm units."""
-    import nibabel as nib
-    import numpy as np
-
-    image = nib.Nifti1Image(np.asarray(volume.array, dtype=np.int16), volume.affine)
-    image.set_qform(volume.affine, code=1)
-    image.set_sform(volume.affine, code=1)
-    image.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
-
-
 def run(args: argparse.Namespace) -> int:
-    from model_export.phantom import make_phantom
-    from service.io.writers import write_mask
+    from phantoms.generator import make_phantom
+    from service.io.writers import write_ct, write_mask
 
     ct, labels = make_phantom(
         seed=args.seed,

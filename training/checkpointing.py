@@ -1,8 +1,9 @@
 """Training checkpoints in the published format, written atomically, and exact resumption.
 
 A checkpoint is ``{"state_dict", "optimizer", "scheduler", "step", "rng", "config", "history",
-"best"}``: the ``state_dict`` key is what published Swin-X Seg checkpoints carry, so
-``model_export.checkpoint.load_checkpoint`` (and ``swinxseg export``) read our files unchanged.
+"best", "preprocess"}``: the ``state_dict`` key is what published Swin-X Seg checkpoints carry, so
+``model_export.checkpoint.load_checkpoint`` (and ``swinxseg export``) read our files unchanged;
+``preprocess`` is the ``PreprocessSpec`` the run trained with, which export writes into the manifest.
 Everything is plain tensors and Python types, so ``torch.load(..., weights_only=True)`` loads it.
 """
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model_export.checkpoint import PREPROCESS_RECORD_KEY
 from service.errors import CheckpointError
+from service.preprocess_spec import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ def training_state(
     config: dict,
     history: list[dict],
     best: dict,
+    preprocess: PreprocessSpec,
 ) -> dict:
     """The checkpoint payload (see the module docstring) after ``step`` optimizer steps.
 
@@ -92,6 +96,8 @@ def training_state(
         "config": config,
         "history": history,
         "best": best,
+        # The model contract's preprocessing record: export copies it into the manifest.
+        PREPROCESS_RECORD_KEY: preprocess.model_dump(mode="json"),
     }
 
 

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from model_export.phantom import DEFAULT_SPACING, make_phantom
+from phantoms.generator import DEFAULT_SPACING, make_phantom
 from service.errors import InvalidInputError
 
 SEED = 3

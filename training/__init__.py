@@ -9,7 +9,8 @@
 - ``make_demo_weights``: export a checkpoint as ``weights/demo`` with its model card.
 """
 
-from model_export.training.data import (
+from service.evaluation import dice_per_label
+from training.data import (
     FileCase,
     PhantomCase,
     PreparedCase,
@@ -20,8 +21,8 @@ from model_export.training.data import (
     phantom_cases,
     read_datalist,
 )
-from model_export.training.evaluate import dice_per_label, evaluate_cases, evaluate_segmenter
-from model_export.training.loop import TrainConfig, Trainer, TrainResult, lr_factor, train
+from training.evaluate import evaluate_cases, evaluate_segmenter
+from training.loop import TrainConfig, Trainer, TrainResult, lr_factor, train
 
 __all__ = [
     "FileCase",

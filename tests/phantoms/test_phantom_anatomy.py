@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from model_export.phantom import NOMINAL_HU, make_phantom
+from phantoms.generator import NOMINAL_HU, make_phantom
 from service.labels import FLARE23_LABELS, ORGAN_LABELS
 
 SEEDS = (0, 1, 2)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from model_export.phantom import make_phantom
+from phantoms.generator import make_phantom
 from service.volume import Volume
 
 

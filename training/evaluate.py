@@ -9,37 +9,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from service.evaluation import dice_per_label, mean_dice
 from service.labels import ORGAN_LABELS
 
 log = logging.getLogger(__name__)
-
-
-def dice_per_label(
-    prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, *, num_classes: int
-) -> dict[int, float]:
-    """Dice of labels ``1 .. num_classes - 1`` between two integer label maps of the same shape.
-
-    A label absent from both maps gets ``nan`` (nothing to find, nothing found: no evidence either
-    way), so averages over cases skip it instead of counting a free 1.0.
-    """
-    prediction = torch.as_tensor(
-        np.asarray(prediction) if not isinstance(prediction, torch.Tensor) else prediction
-    )
-    target = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
-    if prediction.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
-    prediction = prediction.reshape(-1).long()
-    target = target.reshape(-1).long()
-    # One pass: counts of (pred, target) pairs give intersections and both volumes for all labels.
-    joint = torch.bincount(prediction * num_classes + target, minlength=num_classes**2)
-    joint = joint.reshape(num_classes, num_classes).double()
-    intersection = joint.diagonal()
-    predicted, truth = joint.sum(dim=1), joint.sum(dim=0)
-    scores = {}
-    for label in range(1, num_classes):
-        total = float(predicted[label] + truth[label])
-        scores[label] = float("nan") if total == 0 else 2.0 * float(intersection[label]) / total
-    return scores
 
 
 def mean_over_cases(per_case: Iterable[dict[int, float]]) -> dict[int, float]:
@@ -51,12 +24,6 @@ def mean_over_cases(per_case: Iterable[dict[int, float]]) -> dict[int, float]:
             if not math.isnan(value):
                 collected[label].append(value)
     return {label: (float(np.mean(v)) if v else float("nan")) for label, v in sorted(collected.items())}
-
-
-def mean_dice(scores: dict[int, float], labels: Sequence[int] | None = None) -> float:
-    """Mean of the defined (non-nan) Dice values, optionally restricted to ``labels``."""
-    values = [v for k, v in scores.items() if (labels is None or k in labels) and not math.isnan(v)]
-    return float(np.mean(values)) if values else float("nan")
 
 
 @torch.no_grad()
@@ -103,7 +70,7 @@ def evaluate_cases(
     per_case = []
     for case in cases:
         prediction = predict_case(model, case.image, roi=roi, overlap=overlap)
-        per_case.append(dice_per_label(prediction, case.labels, num_classes=num_classes))
+        per_case.append(dice_per_label(prediction, case.labels, labels=range(1, num_classes)))
     return mean_over_cases(per_case), per_case
 
 
@@ -119,7 +86,7 @@ def evaluate_segmenter(
     rows = []
     for name, ct, labels in pairs:
         result = segmenter.segment(ct)
-        scores = dice_per_label(result.mask.array, labels.array, num_classes=num_classes)
+        scores = dice_per_label(result.mask.array, labels.array, labels=range(1, num_classes))
         rows.append((name, scores, float(result.metrics.total_seconds)))
         log.info(
             "%s: mean organ Dice (1-13) %.3f in %.1f s",

@@ -1,4 +1,5 @@
-"""Log lines that carry the request id: one JSON object per line (``log_json``) or plain text.
+"""Logging for every entry point (``configure_logging``): one JSON object per line (``log_json``)
+or plain text, with the request id of the request being handled.
 
 The id lives in a context variable set by the request middleware; asyncio tasks and worker
 threads started while handling a request inherit it, so a job's log lines carry the id of the
@@ -66,14 +67,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
-class TextFormatter(logging.Formatter):
-    """Plain lines for a terminal, still with the request id and the extra fields.
-
-    One record is one line: controls in the message and the extra fields are escaped; a
-    traceback follows on lines that start with ``  | ``, so no text of it can pass for a record."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+class _EscapingFormatter(logging.Formatter):
+    """One record is one line: controls in the message are escaped, and a traceback follows on
+    lines that start with ``  | ``, so no text of it can pass for a record."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
         return escape_controls(super().formatMessage(record))
@@ -85,8 +81,18 @@ class TextFormatter(logging.Formatter):
     def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's API
         return "\n".join("  | " + escape_controls(line) for line in stack_info.splitlines())
 
+
+class TextFormatter(_EscapingFormatter):
+    """Plain lines for a terminal: ``time LEVEL logger: message``; inside a request the request id
+    stands in brackets where the colon was. Extra fields follow as ``key=value`` (escaped too)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._in_request = _EscapingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        line = self._in_request.format(record) if request_id and request_id != "-" else super().format(record)
         extra = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
         if extra:
             head, sep, rest = line.partition("\n")  # extras go on the record's own line

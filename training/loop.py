@@ -15,27 +15,31 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from model_export.training.checkpointing import (
+from service.evaluation import mean_dice
+from service.manifest import ArchitectureConfig
+from training.checkpointing import (
     BEST_NAME,
     LAST_NAME,
     atomic_save,
     restore_rng,
     training_state,
 )
-from model_export.training.data import PreparedCase, PreprocessParams
-from model_export.training.evaluate import evaluate_cases, mean_dice
-from model_export.training.precision import PRECISIONS, autocast, guard_bf16_convolutions
-from model_export.training.sampling import AugmentConfig, PatchSampler
+from training.data import PreparedCase, PreprocessParams
+from training.evaluate import evaluate_cases
+from training.precision import PRECISIONS, autocast, guard_bf16_convolutions
+from training.sampling import AugmentConfig, PatchSampler
 
 log = logging.getLogger(__name__)
 
 LOG_NAME = "log.jsonl"
+# Classes incl. background unless --out-channels says otherwise: the architecture schema's default.
+_DEFAULT_CLASSES = ArchitectureConfig.model_fields["out_channels"].default
 DICE_MODES = ("batch", "sample")
 
 
@@ -48,7 +52,7 @@ class TrainConfig:
     """
 
     preset: str = "tiny"
-    out_channels: int = 15
+    out_channels: int = _DEFAULT_CLASSES
     patch_size: int = 96
     batch_size: int = 2
     steps: int = 1000
@@ -92,6 +96,11 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
+        # The model's ROI (sliding window at validation and in service) is the training patch.
+        roi = (self.patch_size,) * 3
+        if self.preprocess.spec.roi_size != roi:
+            spec = self.preprocess.spec.replace(roi_size=roi)
+            object.__setattr__(self, "preprocess", replace(self.preprocess, spec=spec))
         for name in ("label_weights", "class_weights"):
             # JSON (the checkpoint's config) turns the label keys into strings.
             weights = {int(label): float(w) for label, w in getattr(self, name).items()}
@@ -103,21 +112,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain JSON-able types (tuples become lists), as stored in checkpoints."""
-        return json.loads(json.dumps(asdict(self)))
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["preprocess"] = self.preprocess.to_dict()
+        return json.loads(json.dumps(values))
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("preprocess"), dict):
-            params = values["preprocess"]
-            values["preprocess"] = PreprocessParams(
-                target_spacing=tuple(params["target_spacing"]),
-                hu_window=tuple(params["hu_window"]),
-                body_threshold_hu=params["body_threshold_hu"],
-                body_margin_mm=params["body_margin_mm"],
-                crop_to=params.get("crop_to", "body"),  # runs saved before the option cropped to the body
-            )
+            values["preprocess"] = PreprocessParams.from_dict(values["preprocess"])
         return cls(**values)
 
 
@@ -419,6 +423,7 @@ class Trainer:
             config=self.config.to_dict(),
             history=self.history,
             best=self.best,
+            preprocess=self.config.preprocess.spec,
         )
         atomic_save(state, path)
         log.info("saved %s (step %d)", path, self.step)
@@ -426,7 +431,7 @@ class Trainer:
 
 
 def dice_ce_loss(
-    dice: str = "batch", class_weights: dict[int, float] | None = None, out_channels: int = 15
+    dice: str = "batch", class_weights: dict[int, float] | None = None, out_channels: int = _DEFAULT_CLASSES
 ) -> torch.nn.Module:
     """Dice + cross-entropy (equal weights), softmax over the classes, integer labels one-hot encoded.
 

@@ -1,8 +1,9 @@
-"""``make demo``: the main job on the bundled default.
+"""``make demo`` / ``swinxseg demo``: the main job on the bundled default.
 
 Makes a synthetic abdomen CT (or takes ``--input``), segments it through the batch mode with the
 default model (the bundled demo weights), and prints where the mask, report and preview are,
-with Dice against the phantom's truth, runtime and peak memory.
+with Dice against the phantom's truth, runtime and peak memory. It lives beside the phantom
+generator, not in ``service``, so that the serving package never imports the phantoms.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from service.batch import gpu_peak_text, run_batch
-from service.evaluation import dice_per_label, mean_dice
-from service.labels import FLARE23_LABELS
-from service.settings import Settings
+from service.cli_flags import Flag, UsageError, add_settings_flags, settings_from_args
 
 log = logging.getLogger("swinxseg.demo")
+
+HELP = "segment a synthetic abdomen CT (or --input) with the bundled demo weights and print Dice"
+FLAGS = (Flag("model_dir", dest="model", help="exported model folder (default: bundled demo weights)"),)
 
 DEMO_SEED = 424242  # never used for training (training seeds are 1000-4999, validation 5000+)
 
@@ -32,36 +33,32 @@ def _prepare_input(args: argparse.Namespace, inputs: Path) -> Path | None:
     if args.input:
         source = Path(args.input).resolve()
         if not source.exists():
-            raise SystemExit(f"demo: --input {source} does not exist")
+            raise UsageError(f"--input {source} does not exist")
         (inputs / source.name).symlink_to(source, target_is_directory=source.is_dir())
         return None
-    import nibabel as nib
-
-    from model_export.phantom import make_phantom
-    from service.io.writers import write_mask
+    from phantoms.generator import make_phantom
+    from service.io.writers import write_ct, write_mask
 
     ct, labels = make_phantom(seed=args.seed)
-    image = nib.Nifti1Image(ct.array.astype("int16"), ct.affine)
-    image.set_qform(ct.affine, code=1)
-    image.set_sform(ct.affine, code=1)
-    nib.save(image, inputs / "phantom_0000.nii.gz")
+    write_ct(ct, inputs / "phantom_0000.nii.gz")
     truth = inputs.parent / "phantom_truth.nii.gz"
     write_mask(labels, truth)
     return truth
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
     parser.add_argument("--input", help="a CT file or DICOM folder to segment instead of a phantom")
-    parser.add_argument("--seed", type=int, default=DEMO_SEED)
-    parser.add_argument("--model", type=Path, help="exported model folder (default: bundled demo weights)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="phantom seed")
+    add_settings_flags(parser, FLAGS)
 
+
+def run(args: argparse.Namespace) -> int:
+    from service.batch import gpu_peak_text, run_batch
+
+    settings = settings_from_args(args, FLAGS)
     out = args.out.resolve()
     truth_path = _prepare_input(args, out / "inputs")
-    settings = Settings(**({"model_dir": args.model} if args.model else {}))
     report = run_batch(out / "inputs", out / "outputs", settings, preview=True)
 
     print(f"\nmodel: {report.model}")
@@ -84,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 def _print_dice(mask_path: Path, truth_path: Path, dice_json: Path) -> None:
     import nibabel as nib
 
+    from service.evaluation import dice_per_label, mean_dice
+    from service.labels import FLARE23_LABELS
+
     prediction = nib.load(mask_path)
     truth = nib.load(truth_path)
     # Same grid by construction; checked, because a demo that hides a flipped mask is worse than none.
@@ -96,6 +96,13 @@ def _print_dice(mask_path: Path, truth_path: Path, dice_json: Path) -> None:
         print(f"  {label:2d} {FLARE23_LABELS[label]:<22s} {score:.3f}")
     print(f"  mean organ Dice: {mean_dice(scores):.3f}")
     dice_json.write_text(json.dumps({FLARE23_LABELS[k]: v for k, v in scores.items()}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m phantoms.demo`` (what ``make demo`` runs): the ``swinxseg demo`` subcommand."""
+    from service.cli import main as swinxseg
+
+    return swinxseg(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 
 from service.errors import InvalidInputError
 from service.geometry import PreprocessRecord, apply_to_ras, from_ras, preprocess, ras_orientation
+from service.preprocess_spec import PreprocessSpec
 from service.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -32,31 +33,44 @@ _CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    """The service's preprocessing parameters (manifest + ``Settings`` defaults)."""
+    """How training prepares a case: the model's ``PreprocessSpec`` (what the checkpoint records
+    and export writes into the manifest) plus the crop options that are the service's ``Settings``."""
 
-    target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    hu_window: tuple[float, float] = (-250.0, 250.0)
-    body_threshold_hu: float = -250.0
+    spec: PreprocessSpec = field(default_factory=PreprocessSpec)
     body_margin_mm: float = 0.0
     crop_to: str = "foreground"
 
     @classmethod
-    def service_defaults(cls) -> PreprocessParams:
-        """The values a default ``Settings`` + ``ModelManifest`` serve with, read from their fields."""
-        from service.manifest import ModelManifest
-        from service.settings import Settings, body_threshold_hu
+    def service_defaults(cls, spec: PreprocessSpec | None = None) -> PreprocessParams:
+        """``spec`` (default: the paper's) with the crop options a default ``Settings`` serves with."""
+        from service.settings import Settings
 
-        def default(model, name):
-            return model.model_fields[name].get_default(call_default_factory=True)
+        def default(name):
+            return Settings.model_fields[name].get_default(call_default_factory=True)
 
-        window = tuple(default(ModelManifest, "hu_window"))
         return cls(
-            target_spacing=tuple(default(ModelManifest, "target_spacing_mm")),
-            hu_window=window,
-            body_threshold_hu=body_threshold_hu(default(Settings, "body_threshold_hu"), window),
-            body_margin_mm=float(default(Settings, "body_margin_mm")),
-            crop_to=str(default(Settings, "crop_to")),
+            spec=spec if spec is not None else PreprocessSpec(),
+            body_margin_mm=float(default("body_margin_mm")),
+            crop_to=str(default("crop_to")),
         )
+
+    def to_dict(self) -> dict:
+        """JSON-able, as stored in a checkpoint's config."""
+        return {"spec": self.spec.model_dump(mode="json"), "body_margin_mm": self.body_margin_mm, "crop_to": self.crop_to}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessParams:
+        """From ``to_dict``'s form, or the flat form of runs saved before the ``PreprocessSpec``."""
+        if "spec" in data:
+            spec = PreprocessSpec.model_validate(data["spec"])
+        else:
+            spec = PreprocessSpec(
+                target_spacing_mm=tuple(data["target_spacing"]),
+                hu_window=tuple(data["hu_window"]),
+                body_threshold_hu=data.get("body_threshold_hu"),
+            )
+        # Runs saved before the crop_to option cropped to the body.
+        return cls(spec=spec, body_margin_mm=float(data["body_margin_mm"]), crop_to=data.get("crop_to", "body"))
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,7 @@ class FileCase:
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """A synthetic phantom (``model_export.phantom``) on a given voxel grid."""
+    """A synthetic phantom (``phantoms.generator``) on a given voxel grid."""
 
     name: str
     seed: int
@@ -90,7 +104,7 @@ class PhantomCase:
         return f"phantom:{self.seed}|{self.spacing}|{self.orientation}|{self.oblique_deg}"
 
     def load(self) -> tuple[Volume, Volume]:
-        from model_export.phantom import make_phantom
+        from phantoms.generator import make_phantom
 
         return make_phantom(
             seed=self.seed, spacing=self.spacing, orientation=self.orientation, oblique_deg=self.oblique_deg
@@ -186,7 +200,7 @@ def phantom_cases(
     orientation from ``_PHANTOM_ORIENTATIONS`` and, one case in five, an oblique tilt of 5-15
     degrees. Otherwise every phantom is RAS at the phantom's default spacing.
     """
-    from model_export.phantom import DEFAULT_SPACING
+    from phantoms.generator import DEFAULT_SPACING
 
     cases = []
     for seed in range(seed_start, seed_start + count):
@@ -266,13 +280,7 @@ def prepare_case(name: str, ct: Volume, labels: Volume, params: PreprocessParams
     """Preprocess ``ct`` with the service's ``preprocess`` and bring ``labels`` onto the same grid."""
     label_array = labels_on_image_grid(labels, ct, name=name)
     prepared = preprocess(
-        ct,
-        target_spacing=params.target_spacing,
-        hu_window=params.hu_window,
-        body_threshold_hu=params.body_threshold_hu,
-        body_margin_mm=params.body_margin_mm,
-        crop_to=params.crop_to,
-        device="cpu",
+        ct, params.spec, body_margin_mm=params.body_margin_mm, crop_to=params.crop_to, device="cpu"
     )
     model_labels = labels_to_model_grid(label_array, prepared.record)
     return PreparedCase(name=name, image=prepared.image.contiguous(), labels=torch.from_numpy(model_labels))
@@ -284,7 +292,9 @@ def prepare_case(name: str, ct: Volume, labels: Volume, params: PreprocessParams
 
 
 def _cache_path(cache_dir: Path, source: CaseSource, params: PreprocessParams) -> Path:
-    key = json.dumps([_CACHE_VERSION, source.describe(), asdict(params)], sort_keys=True)
+    # The ROI does not change a prepared case (windows and patches are cut later).
+    prepared_by = {**params.to_dict(), "spec": params.spec.model_dump(mode="json", exclude={"roi_size"})}
+    key = json.dumps([_CACHE_VERSION, source.describe(), prepared_by], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{source.name}-{digest}.pt"
 
@@ -297,7 +307,7 @@ def load_cases(
     With ``cache_dir``, a prepared case is saved there once and read back on later runs (the file
     name hashes the source and the preprocessing parameters, so a change never reads stale data).
     """
-    from model_export.training.checkpointing import atomic_save
+    from training.checkpointing import atomic_save
 
     cache = Path(cache_dir) if cache_dir is not None else None
     prepared = []
