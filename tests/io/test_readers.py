@@ -12,7 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from service.errors import InputTooLargeError, InvalidInputError, SwinxsegError, UnsupportedFormatError
-from service.io.readers import case_name_for, find_cases, read_volume, read_volume_bytes
+from service.io.cases import case_name_for, find_cases
+from service.io.readers import read_volume, read_volume_bytes
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -163,7 +164,7 @@ def test_nan_and_inf_are_counted(tmp_path: Path) -> None:
 
 def test_constant_volume_is_allowed_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = _save_nifti(tmp_path / "flat.nii.gz", np.full((4, 5, 6), -1000, np.int16))
-    with caplog.at_level(logging.WARNING, logger="service.io.readers"):
+    with caplog.at_level(logging.WARNING, logger="service.io.volume_checks"):
         volume = read_volume(path)
     assert volume.shape == (4, 5, 6)
     assert "same value -1000" in caplog.text
