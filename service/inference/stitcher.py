@@ -53,7 +53,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -300,7 +300,10 @@ class _Runner:
             self.on_slab(slab.lo, slab.lo + n)
 
 
-def _validate(image: torch.Tensor, roi: Sequence[int], sw_batch_size: int, output: str) -> Triple:
+def _validate(
+    image: torch.Tensor, roi: Sequence[int], sw_batch_size: int, output: str, predictor: Predictor
+) -> tuple[Triple, int]:
+    """The ROI as a triple and the predictor's channel count, or a ValueError naming the bad value."""
     if image.ndim != 3:
         raise ValueError(f"image must be (X, Y, Z), got shape {tuple(image.shape)}")
     if len(roi) != 3 or any(int(r) < 1 for r in roi):
@@ -309,7 +312,10 @@ def _validate(image: torch.Tensor, roi: Sequence[int], sw_batch_size: int, outpu
         raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
     if output not in ("labels", "scores"):
         raise ValueError(f"output must be 'labels' or 'scores', got {output!r}")
-    return (int(roi[0]), int(roi[1]), int(roi[2]))
+    channels = int(predictor.out_channels)
+    if output == "labels" and channels > 256:
+        raise ValueError(f"uint8 labels hold at most 256 classes, the predictor has {channels}")
+    return (int(roi[0]), int(roi[1]), int(roi[2])), channels
 
 
 def _split_by_body(windows: list[Window], body: BodyRegion | None) -> tuple[list[Window], int]:
@@ -436,48 +442,58 @@ def sliding_window_labels(
     """
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(image)
-    roi_t = _validate(image, roi, sw_batch_size, output)
-    shape: Triple = tuple(int(s) for s in image.shape)  # type: ignore[assignment]
-    channels = int(predictor.out_channels)
-    if output == "labels" and channels > 256:
-        raise ValueError(f"uint8 labels hold at most 256 classes, the predictor has {channels}")
+    roi_t, channels = _validate(image, roi, sw_batch_size, output, predictor)
     acc_device = torch.device(accumulate_device) if accumulate_device is not None else predictor.device
+    view = _slab_view(image, predictor, body, roi_t)
+    windows, skipped = _split_by_body(window_grid(view.shape, view.roi, overlap), view.body)
+    slab = _allocate_slab(channels, view.shape, min(view.roi[2], view.shape[2]), acc_device, accumulate_dtype)
+    sink = (_LabelSink if output == "labels" else _ScoreSink)(view.shape, channels)
+    importance = gaussian_importance(view.roi, sigma_scale, device=acc_device, dtype=accumulate_dtype)
+    runner = _Runner(view.image, view.predictor, roi=view.roi, importance=importance, slab=slab, sink=sink,
+                     batch_size=sw_batch_size, on_slab=on_slab, should_stop=should_stop)
+    _run_or_release(runner, windows)
+    logger.debug("stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
+                 view.shape, view.axis, runner.windows_run, skipped, slab.nbytes / 2**20, acc_device)
+    return _stitch_result(output, sink, view, runner, skipped=skipped, slab=slab, acc_device=acc_device)
 
-    axis = stream_axis(shape, roi_t)
+
+class _SlabView(NamedTuple):
+    """The inputs seen with the streamed axis last (views, no copies), and the way back."""
+
+    image: torch.Tensor
+    predictor: Predictor
+    body: BodyRegion | None
+    shape: Triple
+    roi: Triple
+    axis: int  # the streamed axis, in the image's own (X, Y, Z) order
+    inverse: Triple  # the permutation from slab order back to (X, Y, Z)
+
+
+def _slab_view(image: torch.Tensor, predictor: Predictor, body: BodyRegion | None, roi: Triple) -> _SlabView:
+    """Everything the stitch works on, in slab order (streamed axis last, see :func:`stream_axis`)."""
+    shape: Triple = tuple(int(s) for s in image.shape)  # type: ignore[assignment]
+    axis = stream_axis(shape, roi)
     order = _axis_order(axis)
     inverse: Triple = tuple(int(i) for i in np.argsort(order))  # type: ignore[assignment]
-    if axis != 2:
-        # Everything below works in slab order (streamed axis last) on views of the inputs.
-        image = image.permute(order)
-        predictor = _ReorderedPredictor(predictor, order, inverse)
-        body = None if body is None else _ReorderedBody(body, inverse)
-        shape, roi_t = _permute_triple(shape, order), _permute_triple(roi_t, order)
-
-    windows, skipped = _split_by_body(window_grid(shape, roi_t, overlap), body)
-    slab = _allocate_slab(channels, shape, min(roi_t[2], shape[2]), acc_device, accumulate_dtype)
-    sink = (_LabelSink if output == "labels" else _ScoreSink)(shape, channels)
-    importance = gaussian_importance(roi_t, sigma_scale, device=acc_device, dtype=accumulate_dtype)
-    runner = _Runner(
-        image,
-        predictor,
-        roi=roi_t,
-        importance=importance,
-        slab=slab,
-        sink=sink,
-        batch_size=sw_batch_size,
-        on_slab=on_slab,
-        should_stop=should_stop,
-    )
-    _run_or_release(runner, windows)
-    logger.debug(
-        "stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
-        shape,
+    if axis == 2:
+        return _SlabView(image, predictor, body, shape, roi, axis, inverse)
+    return _SlabView(
+        image.permute(order),
+        _ReorderedPredictor(predictor, order, inverse),
+        None if body is None else _ReorderedBody(body, inverse),
+        _permute_triple(shape, order),
+        _permute_triple(roi, order),
         axis,
-        runner.windows_run,
-        skipped,
-        slab.nbytes / 2**20,
-        acc_device,
+        inverse,
     )
+
+
+def _stitch_result(
+    output: str, sink: _LabelSink | _ScoreSink, view: _SlabView, runner: _Runner, *, skipped: int,
+    slab: _Slab, acc_device: torch.device,
+) -> StitchResult:
+    """The sink's array back in the image's own axis order, with what the run took."""
+    inverse = view.inverse
     if output == "labels":
         labels, scores = np.ascontiguousarray(sink.array.transpose(inverse)), None
     else:
@@ -491,5 +507,5 @@ def sliding_window_labels(
         sw_batch_size_used=runner.batch_size,
         accumulate_device=str(acc_device),
         fallbacks=runner.fallbacks,
-        stream_axis=axis,
+        stream_axis=view.axis,
     )
