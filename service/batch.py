@@ -28,7 +28,8 @@ from service.batch_inputs import scan_input_folder
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import InvalidInputError, SwinxsegError
 from service.input_checks import add_input_warnings, enforce_refusals
-from service.io.readers import case_name_for, read_volume
+from service.io.cases import case_name_for
+from service.io.readers import read_volume
 from service.io.writers import OUTPUT_FILE_MODE, write_mask
 from service.memory import peak_rss_mb
 from service.metrics_types import CaseMetrics

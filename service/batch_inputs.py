@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import InvalidInputError
+from service.io.cases import case_name_for
 from service.io.external_data import referenced_data_file
-from service.io.readers import VOLUME_SUFFIXES, ZIP_SUFFIX, _looks_like_dicom, case_name_for
+from service.io.formats import VOLUME_SUFFIXES, ZIP_SUFFIX, file_suffix, looks_like_dicom
 
 _HEADER_FORMATS = {".mhd": "metaimage", ".mha": "metaimage", ".nhdr": "nrrd", ".nrrd": "nrrd"}
 _SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -28,11 +29,6 @@ _SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"
 class InputListing:
     cases: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (entry, reason)
-
-
-def _suffix(name: str) -> str:
-    lower = name.lower()
-    return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
 
 
 def scan_input_folder(input_dir: Path) -> InputListing:
@@ -69,9 +65,9 @@ def _skip_reason(entry: Path) -> str | None:
     for test, kind in _SPECIAL_KINDS:
         if test(mode):
             return f"not a regular file: {kind}"
-    if _suffix(entry.name) in (*VOLUME_SUFFIXES, ZIP_SUFFIX):
+    if file_suffix(entry.name) in (*VOLUME_SUFFIXES, ZIP_SUFFIX):
         return None
-    return f"not a supported volume file (suffix {_suffix(entry.name) or 'none'!r})"
+    return f"not a supported volume file (suffix {file_suffix(entry.name) or 'none'!r})"
 
 
 def _stat_failure(entry: Path, exc: OSError) -> str:
@@ -88,7 +84,7 @@ def _folder_reason(folder: Path) -> str | None:
     for root, dirs, files in os.walk(folder, onerror=errors.append):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
         for file_name in sorted(files):
-            if not file_name.startswith(".") and _looks_like_dicom(Path(root) / file_name):
+            if not file_name.startswith(".") and looks_like_dicom(Path(root) / file_name):
                 return None
     if any(Path(e.filename or "") == folder for e in errors):
         return f"folder cannot be read: {errors[0].strerror or errors[0]}"
@@ -100,7 +96,7 @@ def _mark_data_files(listing: InputListing) -> None:
     """A ``.raw`` named by a case's header is part of that case: say so instead of 'unsupported'."""
     owners: dict[str, str] = {}
     for case in listing.cases:
-        fmt = _HEADER_FORMATS.get(_suffix(case.name))
+        fmt = _HEADER_FORMATS.get(file_suffix(case.name))
         target = referenced_data_file(case, fmt) if fmt and case.is_file() else None
         if target:
             owners[os.path.normpath(target)] = case_name_for(case)

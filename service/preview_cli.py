@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.io.readers import case_name_for, read_volume
+    from service.io.cases import case_name_for
+    from service.io.readers import read_volume
     from service.preview import render_preview
 
     ct = read_volume(args.ct)

@@ -145,7 +145,7 @@ def read_datalist(path: str | Path) -> dict[str, list[FileCase]]:
 
 
 def _datalist_entries(entries: list, datalist: Path, key: str) -> list[FileCase]:
-    from service.io.readers import case_name_for
+    from service.io.cases import case_name_for
 
     cases = []
     for index, entry in enumerate(entries):
@@ -172,7 +172,7 @@ def pair_folders(images_dir: str | Path, labels_dir: str | Path) -> list[FileCas
     Returns the pairs sorted by name; raises ``InvalidInputError`` listing images without labels
     (labels without images are ignored with a warning).
     """
-    from service.io.readers import case_name_for, find_cases
+    from service.io.cases import case_name_for, find_cases
 
     images = {case_name_for(p): p for p in find_cases(Path(images_dir))}
     labels = {case_name_for(p): p for p in find_cases(Path(labels_dir))}

@@ -28,6 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from service.api.errors import BadRequestError
 from service.api.upload_pace import UploadPace
 from service.errors import InputTooLargeError, UnsupportedFormatError
+from service.io.cases import case_name
 
 MULTIPART = "multipart/form-data"
 # Raw-body media types we accept; the readers sniff the actual format from the bytes.
@@ -49,7 +50,6 @@ _FILENAME_HINTS = {
     "application/gzip": "upload.nii.gz",
     "application/x-gzip": "upload.nii.gz",
 }
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".gz", ".dcm")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -84,16 +84,14 @@ class Upload:
 
 
 def case_name_of(filename: str | None) -> str:
-    """``"../x/Case 01.nii.gz"`` -> ``"Case_01"``: a safe base name for the mask file."""
+    """``"../x/Case 01_0000.nii.gz"`` -> ``"Case_01"``: the case name batch would give the file
+    (:func:`service.io.cases.case_name` of the name's last part), made safe for a header and a
+    file name (characters other than letters, digits, ``.``, ``_``, ``-`` become ``_``);
+    ``"case"`` when nothing is left."""
     if not filename:
         return "case"
     name = PureWindowsPath(PurePosixPath(filename).name).name
-    lowered = name.lower()
-    for suffix in _VOLUME_SUFFIXES:
-        if lowered.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return _UNSAFE_NAME_CHARS.sub("_", name).strip("._") or "case"
+    return _UNSAFE_NAME_CHARS.sub("_", case_name(name)).strip("._") or "case"
 
 
 def media_type_of(request: Request) -> str:

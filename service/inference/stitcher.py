@@ -450,17 +450,8 @@ def sliding_window_labels(
     slab = _allocate_slab(channels, shape, min(roi_t[2], shape[2]), acc_device, accumulate_dtype)
     sink = (_LabelSink if output == "labels" else _ScoreSink)(shape, channels)
     importance = gaussian_importance(roi_t, sigma_scale, device=acc_device, dtype=accumulate_dtype)
-    runner = _Runner(
-        image,
-        predictor,
-        roi=roi_t,
-        importance=importance,
-        slab=slab,
-        sink=sink,
-        batch_size=sw_batch_size,
-        on_slab=on_slab,
-        should_stop=should_stop,
-    )
+    runner = _Runner(image, predictor, roi=roi_t, importance=importance, slab=slab, sink=sink,
+                     batch_size=sw_batch_size, on_slab=on_slab, should_stop=should_stop)
     _run_or_release(runner, windows)
     logger.debug("stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
                  shape, axis, runner.windows_run, skipped, slab.nbytes / 2**20, acc_device)

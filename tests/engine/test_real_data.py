@@ -17,7 +17,7 @@ from synthetic import CT_DIR, intensity_logits
 
 from service.batch import run_batch
 from service.inference.predictors import FormulaPredictor
-from service.io.readers import sitk_geometry_to_ras_affine
+from service.io.sitk_reader import sitk_geometry_to_ras_affine
 from service.segmenter import Segmenter
 from service.settings import Settings
 

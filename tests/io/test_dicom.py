@@ -199,9 +199,9 @@ def test_multiframe_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_zip_unpacked_size_is_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.io.readers as readers
+    import service.io.dicom_series as dicom_series
 
-    monkeypatch.setattr(readers, "_ZIP_EXTRA_BYTES", 0)
+    monkeypatch.setattr(dicom_series, "_ZIP_EXTRA_BYTES", 0)
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("a.dcm", b"\x00" * 100_000)

@@ -1,4 +1,4 @@
-"""Readers: NIfTI/NRRD/MetaImage from paths and bytes, RAS geometry, validation, case naming."""
+"""Readers: NIfTI/NRRD/MetaImage from paths and bytes, RAS geometry, validation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from service.errors import InputTooLargeError, InvalidInputError, SwinxsegError, UnsupportedFormatError
-from service.io.readers import case_name_for, find_cases, read_volume, read_volume_bytes
+from service.io.readers import read_volume, read_volume_bytes
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -163,7 +163,7 @@ def test_nan_and_inf_are_counted(tmp_path: Path) -> None:
 
 def test_constant_volume_is_allowed_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = _save_nifti(tmp_path / "flat.nii.gz", np.full((4, 5, 6), -1000, np.int16))
-    with caplog.at_level(logging.WARNING, logger="service.io.readers"):
+    with caplog.at_level(logging.WARNING, logger="service.io.volume_checks"):
         volume = read_volume(path)
     assert volume.shape == (4, 5, 6)
     assert "same value -1000" in caplog.text
@@ -330,45 +330,3 @@ def test_nifti_pair_header_is_refused(tmp_path: Path) -> None:
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(SwinxsegError, match="no such file"):
         read_volume(tmp_path / "absent.nii.gz")
-
-
-# --------------------------------------------------------------------------- naming and discovery
-
-
-@pytest.mark.parametrize(
-    ("name", "case"),
-    [
-        ("CASE_0000.nii.gz", "CASE"),
-        ("FLARE23_0042_0000.nii.gz", "FLARE23_0042"),
-        ("x.nii.gz", "x"),
-        ("x.NII.GZ", "x"),
-        ("x.nii", "x"),
-        ("x.nrrd", "x"),
-        ("x.mha", "x"),
-        ("x.mhd", "x"),
-        ("patient_1234.nii.gz", "patient_1234"),
-        ("series.zip", "series"),
-    ],
-)
-def test_case_name_for_files(name: str, case: str) -> None:
-    assert case_name_for(Path("/data") / name) == case
-
-
-def test_case_name_for_dicom_folder(tmp_path: Path) -> None:
-    (tmp_path / "dir_0000").mkdir()
-    assert case_name_for(tmp_path / "dir_0000") == "dir_0000"
-
-
-def test_find_cases(tmp_path: Path, dicom_series, axial) -> None:
-    for name in ["b_0000.nii.gz", "a.nrrd", "c.mha", "d.zip", ".hidden.nii.gz", "notes.txt", "e.raw"]:
-        (tmp_path / name).write_bytes(b"x")
-    dicom_series(tmp_path / "ct_dicom" / "nested", axial([0, 2]))
-    (tmp_path / "empty_dir").mkdir()
-    (tmp_path / ".hidden_dir").mkdir()
-    found = [p.name for p in find_cases(tmp_path)]
-    assert found == ["a.nrrd", "b_0000.nii.gz", "c.mha", "ct_dicom", "d.zip"]
-
-
-def test_find_cases_needs_a_folder(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="does not exist"):
-        find_cases(tmp_path / "absent")
