@@ -4,7 +4,8 @@
 #   docker run IMAGE serve [flags]       -> the same, with extra `swinxseg serve` flags
 #   docker run IMAGE batch [in out] [flags]
 #                                        -> swinxseg batch /workspace/inputs /workspace/outputs
-#   docker run IMAGE export|phantom|preview|train ...  -> that swinxseg subcommand
+#   docker run IMAGE export|preview ...  -> that swinxseg subcommand (the image carries the serving
+#                                           code only: train, phantom and demo are not in it)
 #   docker run IMAGE /bin/bash -c "sh predict.sh"      -> any other command runs as given
 #                                           (the FLARE challenge invocation)
 set -eu
@@ -29,7 +30,7 @@ case "$1" in
         esac
         exec swinxseg batch "$@"
         ;;
-    export | phantom | preview | train)
+    export | preview)
         exec swinxseg "$@"
         ;;
     *)

@@ -142,7 +142,8 @@ def _run(script: Path, env: dict[str, str], *args: str) -> str:
         (("batch",), "swinxseg batch /workspace/inputs /workspace/outputs"),
         (("batch", "--preview"), "swinxseg batch /workspace/inputs /workspace/outputs --preview"),
         (("batch", "/in", "/out"), "swinxseg batch /in /out"),
-        (("phantom", "--seed", "1"), "swinxseg phantom --seed 1"),
+        (("export", "--random-init"), "swinxseg export --random-init"),
+        (("preview", "ct.nii.gz"), "swinxseg preview ct.nii.gz"),
         (("sh", "-c", "echo passthrough"), "passthrough"),
     ],
 )
