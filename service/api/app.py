@@ -28,6 +28,7 @@ from service.api.middleware import RequestContextMiddleware
 from service.api.routes_ops import service_version
 from service.api.runtime import Runtime
 from service.settings import Settings
+from service.storage import storage_root
 from service.workdir import claim_work_dir
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,9 @@ def _start_runtime(app: FastAPI, settings: Settings, work_dir: Path) -> Runtime:
         metrics=metrics,
         work_dir=work_dir,
         guard=GpuGuard(settings.queue_size),
-        jobs=JobStore(work_dir / "jobs", ttl_s=settings.job_ttl_s),
+        jobs=JobStore(storage_root(settings), ttl_s=settings.job_ttl_s, owner=work_dir),
     )
+    runtime.jobs.recover()
     metrics.watch(
         queue_depth=lambda: runtime.guard.waiting,
         in_flight=lambda: runtime.guard.in_flight,
