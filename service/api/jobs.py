@@ -121,7 +121,7 @@ class Job:
 class JobContext:
     """What the worker needs besides the job: injected so tests can swap any of it."""
 
-    segmenter: SegmenterLike
+    segmenter: SegmenterLike | None  # None in queue mode (the workers run the model)
     metrics: ServiceMetrics
     settings: Settings
     work_dir: Path
