@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     storage_dir: Path | None = Field(
         None,
         description="Where job records and results live, so that they survive a restart (a folder every "
-        "queue worker sees in queue mode: a mounted volume or PVC); default <work_dir>/swinxseg-jobs",
+        "queue worker sees in queue mode: a mounted volume or PVC); default <work_dir>/swinxseg_jobs",
     )
 
     # Queue mode (docs/SERVICE.md, "Scaling out"): set queue_url and the API enqueues jobs for

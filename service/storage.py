@@ -2,9 +2,9 @@
 
 The per-process work folder (:mod:`service.workdir`) is removed when its server stops and swept
 when it died, so durable job data cannot live there. ``SWINXSEG_STORAGE_DIR`` names the folder
-(in queue mode a volume every worker mounts); without it, ``swinxseg-jobs/`` directly under the
-work base (``SWINXSEG_WORK_DIR`` or the system temp folder), which the sweep leaves alone (it
-holds no owner lock).
+(in queue mode a volume every worker mounts); without it, ``swinxseg_jobs/`` directly under the
+work base (``SWINXSEG_WORK_DIR`` or the system temp folder), whose name the start-up sweep
+(``swinxseg-*``) never matches.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from service.settings import Settings
 from service.workdir import ensure_base
 
-JOBS_FOLDER = "swinxseg-jobs"
+JOBS_FOLDER = "swinxseg_jobs"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 

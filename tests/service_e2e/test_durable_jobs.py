@@ -61,5 +61,5 @@ def test_jobs_survive_a_restart_and_running_ones_are_marked_interrupted(tmp_path
         assert lost["status"] == "failed"
         assert lost["error"]["error"] == "interrupted" and "restart" in lost["error"]["detail"]
         assert httpx.get(f"{server.base_url}{running['links']['mask']}", timeout=10).status_code == 409
-        jobs_root = tmp_path / "work" / "swinxseg-jobs"
+        jobs_root = tmp_path / "work" / "swinxseg_jobs"
         assert not (jobs_root / running["id"] / "input.bin").exists()
