@@ -2,6 +2,7 @@
 # Container entry point.
 #   docker run IMAGE                     -> swinxseg serve on 0.0.0.0:8000 (SWINXSEG_HOST/PORT change it)
 #   docker run IMAGE serve [flags]       -> the same, with extra `swinxseg serve` flags
+#   docker run IMAGE worker [flags]      -> swinxseg worker (queue mode; needs SWINXSEG_QUEUE_URL, SWINXSEG_STORAGE_DIR)
 #   docker run IMAGE batch [in out] [flags]
 #                                        -> swinxseg batch /workspace/inputs /workspace/outputs
 #   docker run IMAGE export|preview ...  -> that swinxseg subcommand (the image carries the serving
@@ -30,7 +31,7 @@ case "$1" in
         esac
         exec swinxseg batch "$@"
         ;;
-    export | preview)
+    export | preview | worker)
         exec swinxseg "$@"
         ;;
     *)

@@ -96,6 +96,25 @@ class Settings(BaseSettings):
         "default the system temp folder. Start-up removes what a previous, dead process left there",
     )
     warmup: bool = True
+    storage_dir: Path | None = Field(
+        None,
+        description="Where job records and results live, so that they survive a restart (a folder every "
+        "queue worker sees in queue mode: a mounted volume or PVC); default <work_dir>/swinxseg_jobs",
+    )
+
+    # Queue mode (docs/SERVICE.md, "Scaling out"): set queue_url and the API enqueues jobs for
+    # `swinxseg worker` processes instead of running them itself.
+    queue_url: str | None = Field(
+        None, description="Celery broker and result backend, e.g. redis://redis:6379/0; unset = embedded mode"
+    )
+    queue_name: str = Field("swinxseg", min_length=1, description="The Celery queue the workers consume")
+    queue_visibility_timeout_s: int = Field(
+        7200,
+        ge=1,
+        description="Seconds before a job taken by a worker that died is delivered again; longer than "
+        "the slowest case (a case still running then is delivered twice; results are idempotent)",
+    )
+    worker_metrics_port: int = Field(9101, ge=0, description="Prometheus port of `swinxseg worker`; 0 = none")
 
     # Logging
     log_level: str = "INFO"

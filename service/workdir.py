@@ -39,7 +39,7 @@ class WorkDir:
         os.close(self._lock_fd)
 
 
-def ensure_base(base: Path | None) -> Path:
+def ensure_base(base: Path | None, *, setting: str = "SWINXSEG_WORK_DIR") -> Path:
     """``base`` (created with its parents if missing), or the system temp folder.
 
     Raises:
@@ -50,10 +50,10 @@ def ensure_base(base: Path | None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SwinxsegError(
-            f"SWINXSEG_WORK_DIR {folder} cannot be created: {exc.strerror or exc}", code="invalid_settings"
+            f"{setting} {folder} cannot be created: {exc.strerror or exc}", code="invalid_settings"
         ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise SwinxsegError(f"SWINXSEG_WORK_DIR {folder} is not writable", code="invalid_settings")
+        raise SwinxsegError(f"{setting} {folder} is not writable", code="invalid_settings")
     return folder
 
 
@@ -89,3 +89,21 @@ def claim_work_dir(base: Path | None) -> WorkDir:
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return WorkDir(path=path, _lock_fd=fd)
+
+
+def is_alive(folder: Path) -> bool:
+    """Whether the process that claimed ``folder`` still runs (its lock is held; this process's
+    own folder counts as alive too: ``flock`` conflicts across open files of one process)."""
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return False  # swept or never ours: its owner is gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -28,6 +28,7 @@ from service.api.middleware import RequestContextMiddleware
 from service.api.routes_ops import service_version
 from service.api.runtime import Runtime
 from service.settings import Settings
+from service.storage import storage_root
 from service.workdir import claim_work_dir
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,15 @@ def _lifespan(injected: SegmenterLike | None) -> Callable[[FastAPI], AbstractAsy
         work_dir = claimed.path
         try:
             runtime = _start_runtime(app, settings, work_dir)
-            segmenter = injected if injected is not None else await run_blocking(build_segmenter, settings)
-            runtime.model.segmenter = segmenter
-            _describe_model(runtime, segmenter)
+            background = [asyncio.create_task(runtime.jobs.reap_forever(), name="swinxseg-job-reaper")]
+            if settings.queue_url:  # queue mode: the workers hold the model, not the API
+                runtime.model.mark("ready", "queue mode: the workers run the model")
+            else:
+                segmenter = injected if injected is not None else await run_blocking(build_segmenter, settings)
+                runtime.model.segmenter = segmenter
+                _describe_model(runtime, segmenter)
+                background.append(asyncio.create_task(_warm_up(runtime, segmenter), name="swinxseg-warmup"))
             app.state.runtime = runtime
-            background = [
-                asyncio.create_task(_warm_up(runtime, segmenter), name="swinxseg-warmup"),
-                asyncio.create_task(runtime.jobs.reap_forever(), name="swinxseg-job-reaper"),
-            ]
             try:
                 yield
             finally:
@@ -107,14 +109,26 @@ def _start_runtime(app: FastAPI, settings: Settings, work_dir: Path) -> Runtime:
         metrics=metrics,
         work_dir=work_dir,
         guard=GpuGuard(settings.queue_size),
-        jobs=JobStore(work_dir / "jobs", ttl_s=settings.job_ttl_s),
+        jobs=_job_store(settings, work_dir),
     )
+    runtime.jobs.recover()
     metrics.watch(
         queue_depth=lambda: runtime.guard.waiting,
         in_flight=lambda: runtime.guard.in_flight,
         jobs_stored=lambda: len(runtime.jobs),
     )
+    if settings.queue_url:
+        metrics.watch_job_queue(depth=runtime.jobs.queue_depth, oldest_wait_s=runtime.jobs.oldest_wait_s)
     return runtime
+
+
+def _job_store(settings: Settings, work_dir: Path) -> JobStore:
+    if not settings.queue_url:
+        return JobStore(storage_root(settings), ttl_s=settings.job_ttl_s, owner=work_dir)
+    from service.api.queue_jobs import QueueJobStore  # Celery only in queue mode
+    from service.queue.celery_app import make_celery
+
+    return QueueJobStore(storage_root(settings), settings=settings, celery=make_celery(settings))  # type: ignore[return-value]
 
 
 def _describe_model(runtime: Runtime, segmenter: SegmenterLike) -> None:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.cases import SegmenterLike
-from service.api.errors import NotReadyError, UnauthorizedError
+from service.api.errors import NotReadyError, UnauthorizedError, UseJobsError
 from service.api.gpu_guard import GpuGuard
 from service.api.jobs import JobStore
 from service.api.metrics import ServiceMetrics
@@ -44,13 +44,20 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 def get_loaded_segmenter(runtime: RuntimeDep) -> SegmenterLike:
     """The model once loaded, warmed up or not (for describing it)."""
+    if runtime.settings.queue_url:
+        raise NotReadyError("this server runs in queue mode: the workers hold the model, the API has none")
     if runtime.model.segmenter is None:
         raise NotReadyError(f"the model is {runtime.model.status.replace('_', ' ')}")
     return runtime.model.segmenter
 
 
 def get_segmenter(runtime: RuntimeDep) -> SegmenterLike:
-    """The model, only once it is ready to take cases (503 with Retry-After before)."""
+    """The model, only once it is ready to take cases (503 with Retry-After before; 409 in queue
+    mode, where the workers hold the model: cases go through ``/v1/jobs``)."""
+    if runtime.settings.queue_url:
+        raise UseJobsError(
+            "this server runs in queue mode: POST the CT to /v1/jobs and poll the job (workers run the model)"
+        )
     model = runtime.model
     if model.status != "ready" or model.segmenter is None:
         detail = f": {model.detail}" if model.detail else ""
@@ -66,10 +73,16 @@ def get_jobs(runtime: RuntimeDep) -> JobStore:
     return runtime.jobs
 
 
+def get_job_segmenter(runtime: RuntimeDep) -> SegmenterLike | None:
+    """What a job needs: the model in embedded mode, nothing in queue mode (workers run it)."""
+    return None if runtime.settings.queue_url else get_segmenter(runtime)
+
+
 LoadedSegmenterDep = Annotated[SegmenterLike, Depends(get_loaded_segmenter)]
 SegmenterDep = Annotated[SegmenterLike, Depends(get_segmenter)]
 GuardDep = Annotated[GpuGuard, Depends(get_guard)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
+JobSegmenterDep = Annotated[SegmenterLike | None, Depends(get_job_segmenter)]
 
 
 def require_api_key(

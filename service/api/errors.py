@@ -53,6 +53,21 @@ class ConflictError(HttpError):
     code, http_status = "conflict", 409
 
 
+class UseJobsError(HttpError):
+    """Queue mode: the API runs no model, so a case goes through ``POST /v1/jobs``."""
+
+    code, http_status = "use_jobs", 409
+
+
+class QueueUnavailableError(HttpError):
+    """Queue mode: Redis cannot be reached, so a job cannot be queued (nothing was kept)."""
+
+    code, http_status = "queue_unavailable", 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class GoneError(HttpError):
     code, http_status = "gone", 410
 

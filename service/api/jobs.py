@@ -1,10 +1,16 @@
-"""Asynchronous jobs: a store with a TTL, one folder per job, and the worker task of each job.
+"""Asynchronous jobs: a durable store with a TTL, one folder per job, and the task of each job.
 
-A job owns ``<work_dir>/jobs/<id>/``: the upload while it waits (``input.bin``, decoded only
-once the job holds the inference slot, so a queue of jobs costs disk, not memory), then
-``mask.nii.gz`` and ``preview.png``. The folder goes when the job is deleted, when its result
-expires (``job_ttl_s`` after it finished; a reaper task sweeps) and at shutdown, so no file
-outlives its job. Expired ids are remembered for a while so clients get 410 rather than 404.
+A job owns ``<storage>/<id>/`` (:func:`service.storage.storage_root`, outside the per-process
+work folder so that it survives a restart): the upload while it waits (``input.bin``, decoded
+only once the job holds the inference slot, so a queue of jobs costs disk, not memory), then its
+named result files (``mask.nii.gz``, ``preview.png``). Its record (status, times, metrics,
+warnings, error) lives in SQLite beside the folders (:mod:`service.api.job_records`), so after a
+restart finished jobs still answer with their results until they expire, and jobs that were
+queued or running are marked failed with the reason (``interrupted``: their process is gone;
+the client submits again). They are not re-run: the restart may have been caused by the case.
+The folder goes when the job is deleted or its result expires (``job_ttl_s`` after it
+finished; a reaper task sweeps). Expired ids are remembered for a while so clients get 410
+rather than 404.
 
 Each job runs as its own asyncio task holding a :class:`~service.api.gpu_guard.Ticket` taken at
 submission: the queue place is the guard's, shared with synchronous requests, so 429 means the
@@ -20,7 +26,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +42,7 @@ from service.api.cases import (
 )
 from service.api.errors import INTERNAL_ERROR_CODE, GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
+from service.api.job_records import JobRecords
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
 from service.api.uploads import Upload
@@ -44,12 +50,16 @@ from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
 from service.settings import Settings
+from service.storage import is_job_id
 from service.volume import Volume
+from service.workdir import is_alive
 
 log = logging.getLogger(__name__)
 
 _REMEMBER_EXPIRED = 10_000  # ids answered with 410 after expiry; older ones fall back to 404
 MASK_NAME, PREVIEW_NAME, INPUT_NAME = "mask.nii.gz", "preview.png", "input.bin"
+INTERRUPTED_CODE = "interrupted"
+INTERRUPTED_DETAIL = "interrupted by a restart: the server stopped before the job finished; submit it again"
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -86,33 +96,74 @@ class Job:
     def input_path(self) -> Path:
         return self.folder / INPUT_NAME
 
+    def record(self, owner: str) -> dict:
+        """The row :class:`JobRecords` keeps (everything but the live task)."""
+        code, detail = self.error if self.error else (None, None)
+        return {
+            "id": self.id, "owner": owner, "filename": self.filename, "media_type": self.media_type,
+            "want_preview": int(self.want_preview), "created_at": self.created_at, "status": self.status,
+            "started_at": self.started_at, "finished_at": self.finished_at, "metrics": self.metrics,
+            "warnings": self.warnings, "error_code": code, "error_detail": detail,
+        }
+
+    @classmethod
+    def from_record(cls, row: dict, root: Path) -> Job:
+        error = (row["error_code"], row["error_detail"]) if row["error_code"] else None
+        return cls(
+            id=row["id"], folder=root / row["id"], filename=row["filename"], media_type=row["media_type"],
+            want_preview=bool(row["want_preview"]), created_at=row["created_at"], status=row["status"],
+            started_at=row["started_at"], finished_at=row["finished_at"], metrics=row["metrics"],
+            warnings=row["warnings"], error=error,
+        )
+
 
 @dataclass
 class JobContext:
     """What the worker needs besides the job: injected so tests can swap any of it."""
 
-    segmenter: SegmenterLike
+    segmenter: SegmenterLike | None  # None in queue mode (the workers run the model)
     metrics: ServiceMetrics
     settings: Settings
     work_dir: Path
 
 
 class JobStore:
-    """In-memory job table of one process (jobs do not survive a restart: results are temp files)."""
+    """The jobs of the embedded mode: live ones in memory (their tasks), every record on disk.
 
-    def __init__(self, root: Path, *, ttl_s: float, clock: Callable[[], float] = time.time) -> None:
+    ``owner`` is this process's work folder: records name it, and :meth:`recover` fails the
+    unfinished jobs of owners that are gone.
+    """
+
+    def __init__(
+        self, root: Path, *, ttl_s: float, clock: Callable[[], float] = time.time, owner: Path | None = None
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self.clock = clock
-        self._jobs: dict[str, Job] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        self.owner = str(owner or "")
+        self.records = JobRecords(self.root)
+        self._jobs: dict[str, Job] = {}  # this process's queued and running jobs
 
     def __len__(self) -> int:
-        return len(self._jobs)
+        return self.records.count_live()
 
     def expires_at(self, job: Job) -> float | None:
         return None if job.finished_at is None else job.finished_at + self.ttl_s
+
+    def recover(self) -> list[str]:
+        """Mark failed (``interrupted``) the queued and running jobs whose server is gone; returns
+        their ids. Their input goes; the record stays until it expires like any finished job."""
+        lost = [row["id"] for row in self.records.unfinished()
+                if row["owner"] != self.owner and not is_alive(Path(row["owner"]))]
+        for job_id in lost:
+            job = self._load(job_id)
+            job.error = (INTERRUPTED_CODE, INTERRUPTED_DETAIL)
+            job.input_path.unlink(missing_ok=True)
+            self._finish(job, "failed")
+        if lost:
+            log.warning("%d job(s) were interrupted by a restart and are marked failed", len(lost))
+        return lost
 
     # ------------------------------------------------------------------ lifecycle
     async def submit(
@@ -133,6 +184,7 @@ class JobStore:
         try:
             # A queued job waits as a file (the spool file, moved), decoded only in the slot.
             os.replace(upload.path, job.input_path)
+            self._save(job)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -144,9 +196,12 @@ class JobStore:
         job = self._jobs.get(job_id)
         if job is not None:
             return job
-        if job_id in self._expired:
+        row = self.records.load(job_id) if is_job_id(job_id) else None
+        if row is not None and row["expired_at"] is not None:
             raise GoneError(f"job {job_id} expired; results are kept {int(self.ttl_s)} s after they finish")
-        raise NotFoundError(f"no job {job_id}")
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        return Job.from_record(row, self.root)
 
     def delete(self, job_id: str) -> None:
         """Remove a job and its files. A queued job gives its queue place back at once; a running
@@ -158,20 +213,20 @@ class JobStore:
             job.task.cancel()  # queued: its ticket gives the queue place back
         if job.status == "running":
             log.info("job %s deleted while running: stopping it at the next window", job.id)
-        self._forget(job)
+        self._jobs.pop(job.id, None)
+        self.records.delete(job.id)
+        shutil.rmtree(job.folder, ignore_errors=True)
 
     def reap(self) -> list[str]:
         """Delete every finished job older than the TTL; returns their ids."""
         now = self.clock()
-        expired = [job for job in self._jobs.values() if (end := self.expires_at(job)) is not None and end <= now]
-        for job in expired:
-            self._forget(job)
-            self._expired[job.id] = None
-            while len(self._expired) > _REMEMBER_EXPIRED:
-                self._expired.popitem(last=False)
+        expired = self.records.expired_by(now, self.ttl_s)
+        for job_id in expired:
+            shutil.rmtree(self.root / job_id, ignore_errors=True)
+            self.records.mark_expired(job_id, now, keep=_REMEMBER_EXPIRED)
         if expired:
             log.info("expired %d job(s)", len(expired))
-        return [job.id for job in expired]
+        return expired
 
     async def reap_forever(self) -> None:
         interval = max(0.5, min(60.0, self.ttl_s / 4))
@@ -180,19 +235,31 @@ class JobStore:
             self.reap()
 
     async def close(self) -> None:
-        """Shutdown: cancel queued jobs, wait for a running one (its thread cannot be stopped)."""
-        tasks = [job.task for job in self._jobs.values() if job.task is not None and not job.task.done()]
-        for job in self._jobs.values():
+        """Shutdown: cancel queued jobs, wait for a running one (its thread cannot be stopped);
+        both are recorded as interrupted. Finished jobs keep their records and results."""
+        live = list(self._jobs.values())
+        tasks = [job.task for job in live if job.task is not None and not job.task.done()]
+        for job in live:
             job.cancel.set()  # a running case stops at its next window instead of finishing
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for job in list(self._jobs.values()):
-            self._forget(job)
+        for job in live:
+            if job.status in ("queued", "running"):
+                job.error = (INTERRUPTED_CODE, INTERRUPTED_DETAIL)
+                self._finish(job, "failed")
+            if job.status == "failed":
+                shutil.rmtree(job.folder, ignore_errors=True)
+        self.records.close()
 
-    def _forget(self, job: Job) -> None:
-        self._jobs.pop(job.id, None)
-        shutil.rmtree(job.folder, ignore_errors=True)
+    def _load(self, job_id: str) -> Job:
+        row = self.records.load(job_id)
+        if row is None:
+            raise NotFoundError(f"no job {job_id}")
+        return Job.from_record(row, self.root)
+
+    def _save(self, job: Job) -> None:
+        self.records.save(job.record(self.owner))
 
     # ------------------------------------------------------------------ worker
     @staticmethod
@@ -254,8 +321,12 @@ class JobStore:
 
     def _start(self, job: Job) -> None:
         job.status, job.started_at = "running", self.clock()
+        if not job.cancel.is_set():  # deleted meanwhile: its record is gone and stays gone
+            self._save(job)
 
     def _finish(self, job: Job, status: JobStatus) -> None:
         job.status = status
         job.finished_at = self.clock()
+        self._jobs.pop(job.id, None)
+        self._save(job)
 

@@ -106,6 +106,14 @@ class ServiceMetrics:
         self.in_flight.set_function(in_flight)
         self.jobs_stored.set_function(jobs_stored)
 
+    def watch_job_queue(self, *, depth: Callable[[], float], oldest_wait_s: Callable[[], float]) -> None:
+        """Queue mode: the Celery queue's length and its oldest job's wait, read from Redis at scrape
+        time (NaN while Redis is unreachable)."""
+        Gauge("swinxseg_job_queue_depth", "Jobs on the Celery queue not yet taken by a worker",
+              registry=self.registry).set_function(depth)
+        Gauge("swinxseg_job_queue_oldest_seconds", "Seconds the oldest job on the Celery queue has waited",
+              registry=self.registry).set_function(oldest_wait_s)
+
     def set_model(self, *, name: str, backend: str, device: str, precision: str | None = None) -> None:
         """The ``swinxseg_model_info`` labels: what really runs (backend, device and, when known, precision)."""
         labels = {"name": name, "backend": backend, "device": device}

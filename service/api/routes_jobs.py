@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from service.api.cases import receive_case, run_blocking
-from service.api.deps import JobsDep, RuntimeDep, SegmenterDep, require_api_key
+from service.api.deps import JobsDep, JobSegmenterDep, RuntimeDep, require_api_key
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
@@ -66,7 +66,7 @@ def _done(job: Job) -> Job:
 async def submit_job(
     request: Request,
     runtime: RuntimeDep,
-    segmenter: SegmenterDep,
+    segmenter: JobSegmenterDep,
     overlap: OverlapQuery = None,
     preview: Annotated[bool, Query(description="also render preview.png when done")] = True,
     filename: FilenameQuery = None,

@@ -11,6 +11,7 @@ from importlib import metadata
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from service.api.cases import run_blocking
 from service.api.deps import LoadedSegmenterDep, MetricsDep, SettingsDep, require_api_key
 from service.api.metrics import CONTENT_TYPE
 from service.api.schemas import ERROR_RESPONSES, Health, ModelInfo, Readiness
@@ -43,6 +44,8 @@ async def readyz(request: Request) -> Response:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         body = Readiness(status="loading", detail="the service is starting or stopping")
+    elif runtime.settings.queue_url and (reason := await run_blocking(runtime.jobs.check_broker)):
+        body = Readiness(status="queue_unreachable", detail=reason)
     else:
         body = Readiness(status=runtime.model.status, detail=runtime.model.detail)
     return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)

@@ -20,7 +20,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading", "warming_up", "failed"]
+    status: Literal["ready", "loading", "warming_up", "failed", "queue_unreachable"]
     detail: str = ""
 
 

@@ -136,11 +136,14 @@ def serving(settings: Settings, segmenter, *, ready: bool = True) -> Iterator[Te
 
 
 def work_files(client: TestClient) -> list[Path]:
-    """Files (not folders) left in the app's temp folder, but for its owner lock."""
+    """Files (not folders) left in the app's temp folder and in its job folders, but for the
+    owner lock and the job records."""
+    from service.api.job_records import DB_NAME
     from service.workdir import LOCK_NAME
 
     runtime = client.app.state.runtime
-    return [p for p in runtime.work_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME]
+    jobs = [p for p in runtime.jobs.root.rglob("*") if p.is_file() and not p.name.startswith(DB_NAME)]
+    return jobs + [p for p in runtime.work_dir.rglob("*") if p.is_file() and p.name != LOCK_NAME]
 
 
 def post_ct(client: TestClient, data: bytes | None = None, *, path: str = "/v1/segment", **kwargs):

@@ -8,6 +8,9 @@ come from the ``SWINXSEG_*`` environment, as with ``swinxseg serve``.
 
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 from fastapi import FastAPI
 
@@ -40,12 +43,25 @@ def formula_manifest() -> ModelManifest:
     )
 
 
+# Seconds each forward pass sleeps (environment): makes a case last long enough to be killed mid-way.
+DELAY_ENV = "FORMULA_WINDOW_DELAY_S"
+
+
+def slow_bright_logits(batch: torch.Tensor) -> torch.Tensor:
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    return bright_logits(batch)
+
+
+def formula_segmenter(settings: Settings) -> Segmenter:
+    device = resolve_device(settings.device)
+    logits = slow_bright_logits if float(os.environ.get(DELAY_ENV, "0")) > 0 else bright_logits
+    predictor = FormulaPredictor(logits, out_channels=2, device=device, name="formula")
+    return Segmenter.from_predictor(settings, predictor, formula_manifest())
+
+
 def create_formula_app(settings: Settings | None = None) -> FastAPI:
     """The app; ``settings`` default to the environment's (how ``uvicorn --factory`` calls it).
     The device follows ``SWINXSEG_DEVICE`` (auto: CUDA when present), so on a GPU machine the
     GPU-memory series are measured for real."""
     settings = settings if settings is not None else Settings()
-    device = resolve_device(settings.device)
-    predictor = FormulaPredictor(bright_logits, out_channels=2, device=device, name="formula")
-    segmenter = Segmenter.from_predictor(settings, predictor, formula_manifest())
-    return create_app(settings, segmenter=segmenter)
+    return create_app(settings, segmenter=formula_segmenter(settings))

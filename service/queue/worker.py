@@ -1,0 +1,94 @@
+"""What ``swinxseg worker`` does with one job: its folder in, its results out (blocking).
+
+The model is loaded and warmed up once per worker process (:func:`run_worker`); each job is one
+call of :func:`run_job`, which runs in the Celery task. Deleting the job's folder (``DELETE
+/v1/jobs/<id>``) stops a running case before its next window batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.api.cases import SegmenterLike
+from service.api.errors import INTERNAL_ERROR_CODE
+from service.api.jobs import INPUT_NAME, MASK_NAME, PREVIEW_NAME
+from service.api.metrics import ServiceMetrics
+from service.api.uploads import Upload
+from service.case_warnings import as_dicts, warnings_of
+from service.errors import SwinxsegError
+from service.input_checks import screen_input
+from service.io.readers import read_volume_upload
+from service.io.writers import mask_to_nifti_bytes
+from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_atomic, write_json
+from service.settings import Settings
+from service.storage import is_job_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    segmenter: SegmenterLike
+    settings: Settings
+    storage: Path  # the shared jobs folder
+    work_dir: Path  # this process's temp folder (zip extraction)
+    metrics: ServiceMetrics
+    name: str = socket.gethostname()
+
+
+def run_job(job_id: str, context: WorkerContext) -> dict:
+    """Run one job; returns a small summary (the Celery result). A job already finished (a
+    second delivery) or deleted is not run again."""
+    folder = context.storage / job_id
+    meta = read_json(folder / JOB_FILE) if is_job_id(job_id) else None
+    if meta is None:
+        return {"status": "deleted"}
+    finished = read_json(folder / RESULT_FILE)
+    if finished is not None:
+        log.info("job %s already %s: not run again", job_id, finished["status"])
+        return {"status": finished["status"]}
+    started = time.time()
+    write_json(folder / RUNNING_FILE, {"started_at": started, "worker": context.name})
+    result = {"status": "failed", "started_at": started, "worker": context.name, "warnings": [], "error": None}
+    try:
+        result.update(_segment(folder, meta, context, queued_s=max(0.0, started - meta["created_at"])))
+    except SwinxsegError as exc:
+        result["error"] = [exc.code, exc.message]
+    except Exception:
+        log.exception("job %s failed unexpectedly", job_id)
+        result["error"] = [INTERNAL_ERROR_CODE, "internal error; the worker log has the details"]
+    if not folder.is_dir():
+        log.info("job %s was deleted while it ran", job_id)
+        return {"status": "deleted"}
+    if result["error"] is not None:
+        context.metrics.failures.labels(reason=result["error"][0]).inc()
+    result["finished_at"] = time.time()
+    write_json(folder / RESULT_FILE, result)
+    (folder / INPUT_NAME).unlink(missing_ok=True)
+    log.info("job %s %s on %s", job_id, result["status"], context.name)
+    return {"status": result["status"], "worker": context.name}
+
+
+def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: float) -> dict:
+    settings = context.settings
+    began = time.perf_counter()
+    upload = Upload(path=folder / INPUT_NAME, filename=meta["filename"], media_type=meta["media_type"])
+    volume = read_volume_upload(
+        upload.path, filename=upload.reader_filename, max_voxels=settings.max_input_voxels,
+        work_dir=context.work_dir, max_zip_members=settings.max_zip_members,
+    )
+    volume = screen_input(volume, refuse=settings.refuse_warnings)
+    outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir())
+    write_atomic(folder / MASK_NAME, mask_to_nifti_bytes(outcome.mask))
+    if meta.get("want_preview"):
+        from service.preview import render_preview  # matplotlib: only when a preview is wanted
+
+        scratch = folder / f".{PREVIEW_NAME}.tmp.png"
+        render_preview(volume, outcome.mask, scratch, title=meta["filename"])
+        scratch.replace(folder / PREVIEW_NAME)
+    context.metrics.observe_case(outcome.metrics, case_seconds=time.perf_counter() - began, queue_seconds=queued_s)
+    return {"status": "done", "metrics": outcome.metrics.to_dict(), "warnings": as_dicts(warnings_of(volume))}

@@ -1,0 +1,185 @@
+"""Queue mode for real: Debian's redis-server, the API process and two worker processes (formula
+model on the CPU, one thread each), all on loopback ports with temporary folders.
+
+Each forward pass of the workers sleeps a little (``FORMULA_WINDOW_DELAY_S``) so that jobs last
+long enough to spread over both workers and to kill a worker in the middle of one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+from api.apikit import AFFINE, ct_array, nifti_gz_bytes
+from service_e2e.formula_app import DELAY_ENV
+from service_e2e.redis_kit import REDIS_SERVER, RedisServer, new_redis
+from service_e2e.serverkit import (
+    REPO,
+    clean_env,
+    formula_server_argv,
+    free_port,
+    log_tail,
+    run_server,
+    stop_process,
+    wait_for,
+)
+
+from service.queue.job_files import RESULT_FILE, RUNNING_FILE, read_json
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make redis)")
+GZ = {"Content-Type": "application/gzip"}
+SMALL, LARGE = (40, 40, 24), (72, 72, 40)
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    redis: RedisServer
+    env: dict[str, str]
+    api_port: int = field(default_factory=free_port)
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.env["SWINXSEG_STORAGE_DIR"])
+
+    def start_worker(self, name: str) -> None:
+        log_path = self.tmp / f"{name}.log"
+        env = {**self.env, DELAY_ENV: "0.15", "SWINXSEG_SW_BATCH_SIZE": "1", "SWINXSEG_WORKER_METRICS_PORT": "0",
+               "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}
+        with open(log_path, "wb") as log:
+            self.workers[name] = subprocess.Popen([sys.executable, "-m", "service_e2e.formula_worker", name],
+                                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = self.workers[name]
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"worker {name} exited:\n{log_tail(log_path)}"
+            return " ready." in log_path.read_text(errors="replace")
+
+        wait_for(ready, timeout=120, what=f"worker {name} ready")
+
+    def api(self, name: str, **extra: str):
+        return run_server(formula_server_argv(self.api_port), port=self.api_port, env={**self.env, **extra},
+                          log_path=self.tmp / f"api-{name}.log")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("queue")
+    redis = new_redis(tmp / "redis")
+    env = clean_env(
+        SWINXSEG_QUEUE_URL=redis.url, SWINXSEG_STORAGE_DIR=str(tmp / "storage"), SWINXSEG_WORK_DIR=str(tmp / "work"),
+        SWINXSEG_DEVICE="cpu", SWINXSEG_CPU_THREADS="1", SWINXSEG_WARMUP="false",
+        SWINXSEG_QUEUE_VISIBILITY_TIMEOUT_S="4", OMP_NUM_THREADS="1",
+    )
+    cluster = Cluster(tmp=tmp, redis=redis, env=env)
+    try:
+        for name in ("w1", "w2"):
+            cluster.start_worker(name)
+        yield cluster
+    finally:
+        for proc in cluster.workers.values():
+            stop_process(proc, timeout=20)
+        redis.stop()
+
+
+def submit(base_url: str, shape=SMALL) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/jobs?preview=false&filename=c.nii.gz",
+                      content=nifti_gz_bytes(ct_array(shape)), headers=GZ, timeout=30)
+
+
+def status(base_url: str, job_id: str) -> dict:
+    return httpx.get(f"{base_url}/v1/jobs/{job_id}", timeout=10).json()
+
+
+def wait_done(base_url: str, job_id: str, timeout: float = 90) -> dict:
+    seen: dict = {}
+
+    def finished() -> bool:
+        seen.update(status(base_url, job_id))
+        return seen["status"] in {"done", "failed"}
+
+    wait_for(finished, timeout=timeout, what=f"job {job_id}")
+    assert seen["status"] == "done", seen
+    return seen
+
+
+def check_mask(base_url: str, job: dict, shape) -> None:
+    response = httpx.get(f"{base_url}{job['links']['mask']}", timeout=30)
+    assert response.status_code == 200, response.text
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
+    assert image.shape == shape
+    np.testing.assert_allclose(image.affine, AFFINE, atol=1e-3)
+    assert np.asarray(image.dataobj).max() == 1  # the bright core is labelled
+
+
+def test_jobs_spread_over_both_workers_and_survive_an_api_restart(cluster):
+    with cluster.api("first") as api:
+        assert httpx.post(f"{api.base_url}/v1/segment", content=nifti_gz_bytes(), headers=GZ).status_code == 409
+        jobs = [submit(api.base_url).json() for _ in range(8)]
+        for job in jobs:
+            wait_done(api.base_url, job["id"])
+            check_mask(api.base_url, job, SMALL)
+    workers = {read_json(cluster.storage / job["id"] / RESULT_FILE)["worker"] for job in jobs}
+    assert workers == {"w1", "w2"}
+
+    with cluster.api("second") as api:  # a new API process answers from Redis and the storage
+        for job in jobs[:2]:
+            assert status(api.base_url, job["id"])["status"] == "done"
+            check_mask(api.base_url, job, SMALL)
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_is_killed_completes_on_the_other(cluster):
+    with cluster.api("kill") as api:
+        job = submit(api.base_url, shape=LARGE).json()
+        folder = cluster.storage / job["id"]
+        wait_for(lambda: read_json(folder / RUNNING_FILE) is not None, timeout=60, what="the job to start")
+        victim = read_json(folder / RUNNING_FILE)["worker"]
+        cluster.workers[victim].send_signal(signal.SIGKILL)
+        cluster.workers[victim].wait(timeout=10)
+        assert read_json(folder / RESULT_FILE) is None  # killed mid-case: nothing written yet
+
+        wait_done(api.base_url, job["id"], timeout=120)
+        result = read_json(folder / RESULT_FILE)
+        assert result["worker"] != victim
+        check_mask(api.base_url, job, LARGE)
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written temp file
+    cluster.start_worker(victim)
+
+
+def test_redis_down_answers_503_and_work_resumes_when_it_is_back(cluster):
+    with cluster.api("redis") as api:
+        cluster.redis.stop()
+        refused = submit(api.base_url)
+        assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+        assert refused.json()["error"] == "queue_unavailable" and "unreachable" in refused.json()["detail"]
+        ready = httpx.get(f"{api.base_url}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.json()["status"] == "queue_unreachable"
+        assert not [p for p in cluster.storage.iterdir() if not p.name.startswith(".")
+                    and read_json(p / RESULT_FILE) is None]  # nothing half-queued
+
+        cluster.redis.start()
+        wait_for(lambda: httpx.get(f"{api.base_url}/readyz", timeout=30).status_code == 200, timeout=30,
+                 what="readyz 200")
+        job = submit(api.base_url)
+        assert job.status_code == 202, job.text
+        wait_done(api.base_url, job.json()["id"], timeout=120)
+
+
+def test_expiry_removes_the_stored_files(cluster):
+    with cluster.api("expiry", SWINXSEG_JOB_TTL_S="1") as api:
+        job = submit(api.base_url).json()
+        wait_done(api.base_url, job["id"])
+        wait_for(lambda: httpx.get(f"{api.base_url}/v1/jobs/{job['id']}").status_code == 410, timeout=30,
+                 what="expiry")
+        assert not (cluster.storage / job["id"]).exists()
