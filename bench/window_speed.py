@@ -3,7 +3,7 @@
     swinxseg export --random-init --seed 0 --preset full --out /tmp/full     # not committed
     python -m bench.window_speed --model /tmp/full [--windows 3] [--rounds 1]
 
-Each (backend, precision) runs in its own process (``--child``): load, two warm-up windows, then
+Each (backend, precision) runs in its own process (``--child``): load, warm-up windows (two for TorchScript, one otherwise), then
 ``--windows`` timed windows of a smooth random field; the parent alternates the backends for
 ``--rounds`` rounds so they share the same minutes of a shared machine. ``torch`` is the
 TorchScript export in float32 (``torch bfloat16`` too with ``--torch-bf16``). Prints one row per
@@ -45,7 +45,9 @@ def child(model: Path, backend: str, precision: str, windows: int) -> dict[str, 
     load_s = time.perf_counter() - started
     coarse = torch.rand((1, 1, 12, 12, 12), generator=torch.Generator().manual_seed(0))
     window = torch.nn.functional.interpolate(coarse, size=tuple(manifest.roi_size), mode="trilinear")
-    for _ in range(2):  # warm-up: TorchScript profiles the first two runs; OpenVINO sets up on the first
+    # Warm-up: TorchScript's profiling executor optimises after its first two runs; the others set
+    # up on the first.
+    for _ in range(2 if backend == "torchscript" else 1):
         predictor(window)
     seconds = []
     for _ in range(windows):
