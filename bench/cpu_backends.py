@@ -8,7 +8,7 @@ ours openvino bfloat16, next case ...), each in its own process (``bench.baselin
 ``run_bench``'s: ``example_ct_sm`` (when present) and the unseen phantom 777001.
 
 Columns: ``asked`` is the backend/precision requested, ``ran`` what the metrics say ran (bfloat16
-falls back to float32 on a CPU without it); ``s`` wall seconds from model load to mask written;
+falls back to float32 on a CPU without it); ``s`` wall seconds from model load to mask written; ``CPU s`` user + system seconds of the child;
 ``s x`` / ``RSS x`` ours over the baseline of the same case; ``agree %`` and ``Dice min`` compare
 the mask with the baseline's (labels 1-13, organs). Targets (printed, not asserted): time <= 0.25x,
 RSS <= 0.25x, agreement >= 99.5 %, organ Dice >= 0.98.
@@ -64,7 +64,7 @@ def _median(results: list[dict[str, Any]], key: str) -> float | None:
 
 def table(records: list[dict[str, Any]]) -> str:
     """One row per (case, pipeline): medians over repeats, RSS maxima, ratios to the baseline."""
-    header = ["case", "asked", "ran", "windows", "s", "s x", "RSS MB", "RSS x", "agree %", "organ Dice min (label)"]
+    header = ["case", "asked", "ran", "windows", "s", "s x", "CPU s", "CPU s x", "RSS MB", "RSS x", "agree %", "organ Dice min (label)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case in dict.fromkeys(r["case"] for r in records):
         base = _fold([r for r in records if r["case"] == case and r["variant"] == "baseline"])
@@ -79,6 +79,7 @@ def _fold(rows: list[dict[str, Any]]) -> dict[str, Any]:
     compare = next((r.get("compare") for r in reversed(rows) if r.get("compare")), None)
     return {
         "seconds": _median(ok, "seconds"),
+        "cpu": _median(ok, "cpu_seconds"),  # user + system: steadier than wall time on a shared machine
         "rss": max((r["peak_rss_mb"] for r in ok), default=None),
         "ran": f"{ok[-1].get('backend', 'monai-torchscript')} {ok[-1].get('precision', 'float32')}" if ok else "failed",
         "windows": (ok[-1].get("windows_run", ok[-1].get("windows")) if ok else None),
@@ -100,6 +101,7 @@ def _cells(case: str, variant: str, row: dict[str, Any], base: dict[str, Any]) -
     return [
         case, variant, row["ran"], "–" if row["windows"] is None else str(row["windows"]),
         num(row["seconds"], 1), "–" if variant == "baseline" else num(ratio(row["seconds"], base["seconds"]), 2),
+        num(row["cpu"], 1), "–" if variant == "baseline" else num(ratio(row["cpu"], base["cpu"]), 2),
         num(row["rss"], 0), "–" if variant == "baseline" else num(ratio(row["rss"], base["rss"]), 2),
         num(compare.get("agreement_pct"), 2), "–" if worst is None else f"{worst[1]:.3f} ({worst[0]})",
     ]
