@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def run_ours(input_path: Path | str, output_path: Path | str, model_dir: Path | str, device: str = "cpu",
-             *, backend: str = "auto") -> dict[str, Any]:
+             *, backend: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Segment one CT with ``service.segmenter.Segmenter``; same figures as ``run_baseline``.
 
     ``seconds`` runs from model load to mask written (s); ``stage_seconds`` adds the
@@ -34,14 +34,15 @@ def run_ours(input_path: Path | str, output_path: Path | str, model_dir: Path | 
     load_at_start = load_average()
     return_large_blocks_to_the_os()  # the heap policy every ``swinxseg`` command starts with
     with NvmlSampler() as sampler:  # before the Segmenter touches CUDA, so the context counts
-        result = _run(Path(input_path), Path(output_path), Path(model_dir), device, backend)
+        result = _run(Path(input_path), Path(output_path), Path(model_dir), device, backend, precision)
     result.update(process_figures(load_at_start))
     result.update(sampler.figures())
     result.update(torch_gpu_peaks(device))
     return result
 
 
-def _run(input_path: Path, output_path: Path, model_dir: Path, device: str, backend: str) -> dict[str, Any]:
+def _run(input_path: Path, output_path: Path, model_dir: Path, device: str, backend: str,
+         precision: str) -> dict[str, Any]:
     # Imported here so the probes are running before torch/ONNX Runtime set anything up.
     from service.io.readers import read_volume
     from service.io.writers import write_mask
@@ -51,7 +52,7 @@ def _run(input_path: Path, output_path: Path, model_dir: Path, device: str, back
     sync = device.startswith("cuda")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    settings = Settings(model_dir=model_dir, device=device, backend=backend)
+    settings = Settings(model_dir=model_dir, device=device, backend=backend, inference_precision=precision)
     with stage(seconds, "model_load", sync_cuda=sync):
         segmenter = Segmenter(settings)
     with stage(seconds, "read"):
@@ -85,11 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="where the uint8 mask goes")
     parser.add_argument("--model", type=Path, required=True, help="exported model folder")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx", "openvino"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="asked for; the result's precision says what ran")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
-    emit_result(run_ours(args.input, args.output, args.model, args.device, backend=args.backend))
+    emit_result(run_ours(args.input, args.output, args.model, args.device, backend=args.backend,
+                         precision=args.precision))
     return 0
 
 

@@ -435,7 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, help="exported model folder (default: weights/demo, else a tiny random export)")
     parser.add_argument("--cases", type=Path, nargs="+", help="NIfTI CTs (default: example_ct_sm + a phantom)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx"], help="our backend")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx", "openvino"],
+                        help="our backend")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--phantom-shape", type=int, nargs=3, metavar=("I", "J", "K"),

@@ -44,7 +44,7 @@ CSV_COLUMNS = (
     "case", "status", "error", "input", "output", "input_shape", "input_spacing_mm", "model_grid_shape",
     "windows_run", "windows_skipped", "load_s", "preprocess_s", "infer_s", "postprocess_s", "write_s",
     "total_s", "peak_gpu_mb_torch_allocated", "peak_gpu_mb_torch_reserved", "peak_gpu_mb_nvml",
-    "peak_rss_mb", "device", "backend", "fallbacks", "warning_codes", "warnings",
+    "peak_rss_mb", "device", "backend", "precision", "fallbacks", "warning_codes", "warnings",
 )
 
 
@@ -74,6 +74,7 @@ class CaseReport:
             "peak_gpu_mb_torch_reserved": _blank(m.peak_gpu_mb_torch_reserved),
             "peak_gpu_mb_nvml": _blank(m.peak_gpu_mb_nvml),
             "peak_rss_mb": m.peak_rss_mb, "device": m.device, "backend": m.backend,
+            "precision": m.precision,
             "fallbacks": "; ".join(m.fallbacks),
             "warning_codes": "; ".join(w["code"] for w in self.warnings),
             "warnings": " | ".join(f"{w['code']}: {w['message']}" for w in self.warnings),

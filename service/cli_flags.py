@@ -49,6 +49,7 @@ MODEL_FLAGS = (
     Flag("model_dir", dest="model", help="exported model folder (default: the demo weights)"),
     Flag("device"),
     Flag("backend"),
+    Flag("inference_precision", dest="precision"),
     Flag("gpu_mem_cap_mb", help="hard GPU memory cap in MB (default 4096)"),
 )
 

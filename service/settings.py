@@ -19,12 +19,17 @@ class Settings(BaseSettings):
 
     # Model and execution
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="Exported model folder (manifest.json + artifacts)")
-    backend: Literal["auto", "torchscript", "onnx"] = "auto"
+    backend: Literal["auto", "torchscript", "onnx", "openvino"] = Field(
+        "auto",
+        description="auto = TorchScript on CUDA; on the CPU OpenVINO if installed, else ONNX Runtime, else TorchScript",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpu_mem_cap_mb: int = Field(4096, ge=256, description="Hard cap on this process's GPU memory")
     cpu_threads: int = Field(0, ge=0, description="Intra-op threads on the CPU; 0 = all cores")
     inference_precision: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto = float16 on CUDA, float32 on CPU"
+        "auto",
+        description="auto = float16 on CUDA, float32 on CPU. OpenVINO runs bfloat16 only where the CPU has it "
+        "(else float32, said in the log and metrics); ONNX Runtime runs the export's precision",
     )
 
     # Sliding window

@@ -59,7 +59,7 @@ async def metrics(service_metrics: MetricsDep) -> Response:
 @model_router.get(
     "/model",
     response_model=ModelInfo,
-    summary="The served model: labels, ROI, spacing, intensity window, backend, device",
+    summary="The served model: labels, ROI, spacing, intensity window, backend, precision, device",
     responses={status: ERROR_RESPONSES[status] for status in (401, 503)},
 )
 async def model_info(segmenter: LoadedSegmenterDep, settings: SettingsDep) -> ModelInfo:
@@ -75,6 +75,7 @@ async def model_info(segmenter: LoadedSegmenterDep, settings: SettingsDep) -> Mo
         hu_window=list(manifest.hu_window),
         out_channels=manifest.out_channels,
         backend=str(segmenter.backend),
+        precision=str(getattr(segmenter, "precision", "float32")),
         device=str(segmenter.device),
         gpu_mem_cap_mb=settings.gpu_mem_cap_mb,
         default_overlap=settings.overlap,

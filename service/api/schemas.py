@@ -33,6 +33,7 @@ class ModelInfo(BaseModel):
     hu_window: list[float]
     out_channels: int
     backend: str
+    precision: str = Field("float32", description="the arithmetic the network really runs in (float32, float16, bfloat16)")
     device: str
     gpu_mem_cap_mb: int
     default_overlap: float

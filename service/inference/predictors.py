@@ -8,14 +8,23 @@ Backends:
 - ``TorchScriptPredictor``: ``model.ts``; autocast float16/bfloat16 on CUDA.
 - ``OnnxPredictor``: ``model.onnx`` on ONNX Runtime; on CUDA the input and output stay on the
   device through IO binding on torch tensors, and the ORT arena is capped.
+- ``OpenVinoPredictor`` (``openvino_backend.py``): ``model.onnx`` compiled by OpenVINO for the
+  CPU, float32 or bfloat16 (the latter only where the CPU has it).
 - ``FormulaPredictor``: a Python function, for tests and benchmarks without a model file.
 
 ``load_predictor`` picks a backend for a model folder; nothing is loaded at import time.
+
+The ``auto`` rule (``choose_backend``): on CUDA, TorchScript (autocast) then ONNX Runtime; on the
+CPU, the fastest installed first: OpenVINO (when ``openvino`` is importable and ``model.onnx``
+exists), then ONNX Runtime (``onnxruntime`` importable, ``model.onnx``), then TorchScript. Measured
+order on the CPU (bench/README.md): OpenVINO ~0.5x ONNX Runtime's seconds per window, ONNX
+Runtime faster than TorchScript.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Callable
@@ -26,12 +35,13 @@ import numpy as np
 import torch
 
 from service.errors import ModelArtifactError
+from service.inference.openvino_backend import OpenVinoPredictor, openvino_installed
 from service.manifest import ONNX_NAME, TORCHSCRIPT_NAME, ModelManifest
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "float32", "float16", "bfloat16"]
-Backend = Literal["auto", "torchscript", "onnx"]
+Backend = Literal["auto", "torchscript", "onnx", "openvino"]
 
 _AUTOCAST_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _ORT_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
@@ -323,21 +333,34 @@ def _artifact_path(model_dir: Path, manifest: ModelManifest, fmt: str, default_n
     return model_dir / default_name
 
 
-def _choose_backend(backend: Backend, device: torch.device, ts_path: Path, onnx_path: Path) -> str:
-    if backend in ("torchscript", "onnx"):
-        path = ts_path if backend == "torchscript" else onnx_path
-        if not path.is_file():
-            raise ModelArtifactError(f"backend {backend!r} requested but {path} does not exist")
+def choose_backend(backend: Backend, device: torch.device, ts_path: Path, onnx_path: Path) -> str:
+    """The backend that will run: the requested one (its artifact must exist) or the ``auto`` rule.
+
+    ``auto``: CUDA -> torchscript, onnx; CPU -> openvino (installed), onnx (onnxruntime installed),
+    torchscript; the first whose artifact exists. Raises ``ModelArtifactError`` (missing artifact)
+    or ``ValueError`` (unknown backend).
+    """
+    paths = {"torchscript": ts_path, "onnx": onnx_path, "openvino": onnx_path}
+    if backend in paths:
+        if not paths[backend].is_file():
+            raise ModelArtifactError(f"backend {backend!r} requested but {paths[backend]} does not exist")
         return backend
     if backend != "auto":
-        raise ValueError(f"backend must be auto, torchscript or onnx, got {backend!r}")
-    # TorchScript is the fast path on CUDA (autocast); ONNX Runtime is faster on the CPU.
-    preferred = ("torchscript", "onnx") if device.type == "cuda" else ("onnx", "torchscript")
-    paths = {"torchscript": ts_path, "onnx": onnx_path}
+        raise ValueError(f"backend must be auto, torchscript, onnx or openvino, got {backend!r}")
+    if device.type == "cuda":
+        # TorchScript is the fast path on CUDA (autocast); OpenVINO has no NVIDIA plugin.
+        preferred = ["torchscript", "onnx"]
+    else:
+        installed = {"openvino": openvino_installed(), "onnx": _onnxruntime_installed(), "torchscript": True}
+        preferred = [b for b in ("openvino", "onnx", "torchscript") if installed[b]]
     for candidate in preferred:
         if paths[candidate].is_file():
             return candidate
     raise ModelArtifactError(f"model folder {ts_path.parent} has neither {ts_path.name} nor {onnx_path.name}")
+
+
+def _onnxruntime_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def load_predictor(
@@ -352,16 +375,25 @@ def load_predictor(
 ) -> Predictor:
     """Load the model in ``model_dir`` with the chosen backend.
 
-    ``auto`` = TorchScript on CUDA when ``model.ts`` exists, ONNX Runtime on the CPU when
-    ``model.onnx`` exists, else whichever exists. ``gpu_mem_cap_mb`` caps ONNX Runtime's CUDA
-    arena; ``threads`` (> 0) sets the intra-op threads of either backend. ONNX models run in the
-    precision they were exported in (``precision`` applies to TorchScript only).
+    ``auto``: see ``choose_backend``. ``gpu_mem_cap_mb`` caps ONNX Runtime's CUDA arena;
+    ``threads`` (> 0) sets the intra-op threads of any backend. ONNX Runtime runs the precision
+    the graph was exported in; ``precision`` applies to TorchScript and OpenVINO (float32 or
+    bfloat16 on the CPU; the predictor's ``precision`` says what really runs).
     """
     model_dir = Path(model_dir)
     ts_path = _artifact_path(model_dir, manifest, "torchscript", TORCHSCRIPT_NAME)
     onnx_path = _artifact_path(model_dir, manifest, "onnx", ONNX_NAME)
-    chosen = _choose_backend(backend, device, ts_path, onnx_path)
+    chosen = choose_backend(backend, device, ts_path, onnx_path)
     logger.info("loading %s backend on %s from %s", chosen, device, model_dir)
+    if chosen == "openvino":
+        return OpenVinoPredictor(
+            onnx_path,
+            device=device,
+            out_channels=manifest.out_channels,
+            roi=tuple(manifest.roi_size),
+            precision=resolve_precision(precision, device),
+            threads=threads,
+        )
     if chosen == "onnx":
         return OnnxPredictor(
             onnx_path,
