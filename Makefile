@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint lint-docker demo prometheus export-demo bench gpu-check image-tools image-test clean help
+.PHONY: install test lint lint-docker demo prometheus dicom3tools export-demo bench gpu-check image-tools image-test clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
@@ -31,6 +31,12 @@ prometheus:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
 	  || echo "warning: could not install prometheus; its end-to-end test will be skipped"; }
 
+# dciodvfy (Debian dicom3tools) checks our RTSTRUCT and SEG against the DICOM IODs in the tests.
+dicom3tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
+	  || echo "warning: could not install dicom3tools; the dciodvfy test will be skipped"; }
+
 # Rootful podman, runc and debootstrap build and run the image here (no Docker engine; Debian packages).
 image-tools:
 	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
@@ -47,7 +53,7 @@ lint: install lint-docker
 lint-docker: install
 	$(BIN)/hadolint Dockerfile
 
-test: install prometheus lint
+test: install prometheus dicom3tools lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install

@@ -75,6 +75,9 @@ def build_rtstruct(ct: Volume, mask: Volume, labels: dict[int, str], model: Mode
     ds.StructureSetDescription = model.series_description[:1024]
     ds.StructureSetDate, ds.StructureSetTime = ds.InstanceCreationDate, ds.InstanceCreationTime
     ds.ApprovalStatus = "UNAPPROVED"  # automatic contours: a clinician approves them
+    # Frame of Reference module (the CT's), which the current RT Structure Set IOD includes.
+    ds.FrameOfReferenceUID = series.first.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = series.first.get("PositionReferenceIndicator", "")
     ds.ReferencedFrameOfReferenceSequence = [_referenced_frame(series)]
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = [], [], []
     frame_uid = str(series.first.FrameOfReferenceUID)
