@@ -232,9 +232,8 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         load_s = time.perf_counter() - load_start
         result = segmenter.segment(volume, overlap=overlap)
         case.metrics = result.metrics
-        case.metrics.seconds["load"] = round(load_s, 4)
-        write_start = time.perf_counter()
-        _write_case_outputs(case, volume, result.mask, segmenter, outputs, out_path)
+        case.metrics.seconds["load"], write_start = round(load_s, 4), time.perf_counter()
+        _write_case_outputs(case, volume, result.mask, segmenter, outputs, out_path)  # + statistics
         if preview:
             from service.preview import render_preview  # matplotlib only when asked for
 
