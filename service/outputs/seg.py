@@ -22,8 +22,11 @@ from service.volume import Volume
 
 if TYPE_CHECKING:
     import highdicom
+    from pydicom.dataset import Dataset
 
 SERIES_NUMBER = 9902
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 def seg_bytes(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo) -> bytes:
@@ -57,7 +60,7 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
     descriptions = [_segment(hd, number, coding_for(label, labels[label]), algorithm)
                     for number, label in enumerate(present, start=1)]
     return hd.seg.Segmentation(
-        source_images=list(series.headers),
+        source_images=[_with_type2_attributes(series.headers[0]), *series.headers[1:]],
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -71,6 +74,18 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
         device_serial_number="0",
         series_description=model.series_description[:64],
     )
+
+
+def _with_type2_attributes(first: Dataset) -> Dataset:
+    """A copy of the first header with the patient/study type 2 attributes highdicom copies
+    present (empty when the CT lacks them, as type 2 allows), instead of an AttributeError."""
+    from pydicom.dataset import Dataset as PydicomDataset
+
+    copy = PydicomDataset(first)
+    for keyword in _TYPE2:
+        if keyword not in copy:
+            setattr(copy, keyword, "")
+    return copy
 
 
 def _segment(hd, number: int, coding: LabelCoding, algorithm) -> highdicom.seg.SegmentDescription:
