@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint lint-docker demo prometheus redis export-demo bench gpu-check image-tools image-test clean help
+.PHONY: install test lint lint-docker demo prometheus redis dicom3tools export-demo bench gpu-check image-tools image-test clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
@@ -36,6 +36,11 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "warning: could not install redis-server; the queue-mode tests will be skipped"; }
+# dciodvfy (Debian dicom3tools) checks our RTSTRUCT and SEG against the DICOM IODs in the tests.
+dicom3tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
+	  || echo "warning: could not install dicom3tools; the dciodvfy test will be skipped"; }
 
 # Rootful podman, runc and debootstrap build and run the image here (no Docker engine; Debian packages).
 image-tools:
@@ -53,7 +58,7 @@ lint: install lint-docker
 lint-docker: install
 	$(BIN)/hadolint Dockerfile
 
-test: install prometheus redis lint
+test: install prometheus redis dicom3tools lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install

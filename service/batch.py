@@ -30,9 +30,18 @@ from service.errors import InvalidInputError, SwinxsegError
 from service.input_checks import add_input_warnings, enforce_refusals
 from service.io.cases import case_name_for
 from service.io.readers import read_volume
-from service.io.writers import OUTPUT_FILE_MODE, write_mask
+from service.io.writers import OUTPUT_FILE_MODE
 from service.memory import peak_rss_mb
 from service.metrics_types import CaseMetrics
+from service.outputs.dicom_common import model_info
+from service.outputs.selection import (
+    DEFAULT_OUTPUTS,
+    SUFFIXES,
+    check_outputs_possible,
+    parse_outputs,
+    write_outputs,
+)
+from service.outputs.statistics import STATISTICS_CSV_COLUMNS, OrganStatistics, csv_rows, organ_statistics
 from service.segmenter import Segmenter
 from service.settings import Settings
 
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_CSV = "report.csv"
+STATISTICS_CSV = "statistics.csv"
 CSV_COLUMNS = (
     "case", "status", "error", "input", "output", "input_shape", "input_spacing_mm", "model_grid_shape",
     "windows_run", "windows_skipped", "load_s", "preprocess_s", "infer_s", "postprocess_s", "write_s",
@@ -58,6 +68,8 @@ class CaseReport:
     error_code: str = ""
     warnings: list[dict[str, str]] = field(default_factory=list)  # [{"code", "message"}], see case_warnings
     metrics: CaseMetrics = field(default_factory=CaseMetrics)
+    outputs: dict[str, str] = field(default_factory=dict)  # {"nifti"|"rtstruct"|"seg": path}
+    statistics: list[dict] = field(default_factory=list)  # OrganStatistics.to_dict() per label present
 
     def csv_row(self) -> dict:
         m = self.metrics
@@ -135,6 +147,12 @@ def write_report(report: BatchReport, output_dir: Path) -> None:
     for case in report.cases:
         writer.writerow(case.csv_row())
     _atomic_write_text(output_dir / REPORT_CSV, buffer.getvalue())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=STATISTICS_CSV_COLUMNS)
+    writer.writeheader()
+    for case in report.cases:
+        writer.writerows(csv_rows(case.case, [OrganStatistics(**s) for s in case.statistics]))
+    _atomic_write_text(output_dir / STATISTICS_CSV, buffer.getvalue())
 
 
 def run_batch(
@@ -147,8 +165,15 @@ def run_batch(
     preview: bool = False,
     overlap: float | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
+    outputs: Iterable[str] = DEFAULT_OUTPUTS,
 ) -> BatchReport:
-    """Segment every case in ``input_dir`` into ``output_dir``; never raises for a bad case."""
+    """Segment every case in ``input_dir`` into ``output_dir``; never raises for a bad case.
+
+    ``outputs``: any of ``nifti`` (``CASE.nii.gz``), ``rtstruct`` (``CASE_rtstruct.dcm``), ``seg``
+    (``CASE_seg.dcm``); a DICOM output for a non-DICOM case fails that case before inference.
+    Organ statistics are always computed (``report.json`` per case, ``statistics.csv``).
+    """
+    outputs = parse_outputs(list(outputs))
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise InvalidInputError(f"input folder {input_dir} does not exist or is not a folder")
@@ -164,8 +189,8 @@ def run_batch(
     claimed: set[str] = set()
     iterator = progress(cases) if progress else cases
     for case_path in iterator:
-        case = _run_case(case_path, output_dir, segmenter, settings, claimed,
-                         skip_existing=skip_existing, preview=preview, overlap=overlap)
+        case = _run_case(case_path, output_dir, segmenter, settings, claimed, skip_existing=skip_existing,
+                         preview=preview, overlap=overlap, outputs=outputs)
         report.cases.append(case)
         report.total_seconds = time.perf_counter() - started
         write_report(report, output_dir)
@@ -174,8 +199,8 @@ def run_batch(
     return report
 
 
-def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings: Settings,
-              claimed: set[str], *, skip_existing: bool, preview: bool, overlap: float | None) -> CaseReport:
+def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings: Settings, claimed: set[str], *,
+              skip_existing: bool, preview: bool, overlap: float | None, outputs: tuple[str, ...]) -> CaseReport:
     out_path = output_path_for(case_path, output_dir)
     case = CaseReport(case=case_name_for(case_path), input=str(case_path), output=str(out_path))
     case_start = time.perf_counter()
@@ -204,12 +229,12 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         # Recorded before a refusal, so the report says why the case was refused.
         case.warnings = as_dicts(warnings_of(volume))
         enforce_refusals(volume, settings.refuse_warnings)
+        check_outputs_possible(volume, outputs)  # before inference: refuse what cannot be written
         load_s = time.perf_counter() - load_start
         result = segmenter.segment(volume, overlap=overlap)
         case.metrics = result.metrics
-        case.metrics.seconds["load"] = round(load_s, 4)
-        write_start = time.perf_counter()
-        write_mask(result.mask, out_path)
+        case.metrics.seconds["load"], write_start = round(load_s, 4), time.perf_counter()
+        _write_case_outputs(case, volume, result.mask, segmenter, outputs, out_path)  # + statistics
         if preview:
             from service.preview import render_preview  # matplotlib only when asked for
 
@@ -234,6 +259,16 @@ def _run_case(case_path: Path, output_dir: Path, segmenter: Segmenter, settings:
         _fail(case, SwinxsegError(f"internal error: {type(exc).__name__}: {exc}", code="internal_error"))
     case.metrics.total_seconds = round(time.perf_counter() - case_start, 4)
     return case
+
+
+def _write_case_outputs(case: CaseReport, volume, mask, segmenter: Segmenter, outputs: tuple[str, ...],
+                        out_path: Path) -> None:
+    labels = segmenter.manifest.labels
+    stem = out_path.with_name(out_path.name.removesuffix(SUFFIXES["nifti"]))
+    paths = write_outputs(outputs, volume, mask, labels, model_info(segmenter.manifest), stem=stem)
+    case.outputs = {kind: str(path) for kind, path in paths.items()}
+    case.output = case.outputs.get("nifti", "")
+    case.statistics = [s.to_dict() for s in organ_statistics(volume, mask, labels)]
 
 
 def _not_a_case(entry: Path, reason: str) -> CaseReport:

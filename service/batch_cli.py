@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_flags(parser, FLAGS)
     parser.add_argument("--skip-existing", action="store_true", help="leave cases whose mask already exists")
     parser.add_argument("--preview", action="store_true", help="also write CASE_preview.png")
+    parser.add_argument(
+        "--output", default="nifti", metavar="KINDS",
+        help="comma-separated outputs: nifti (CASE.nii.gz, default), rtstruct (CASE_rtstruct.dcm), "
+             "seg (CASE_seg.dcm); rtstruct and seg need DICOM series inputs",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -36,8 +41,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     from service.batch import run_batch
+    from service.errors import InvalidInputError
+    from service.outputs.selection import parse_outputs
 
     settings = settings_from_args(args)
+    try:
+        outputs = parse_outputs(args.output)
+    except InvalidInputError as exc:
+        print(f"swinxseg batch: --output: {exc.message}", file=sys.stderr)
+        return 2
     progress = None
     if not args.no_progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -47,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_batch(
         args.input_dir, args.output_dir, settings,
-        skip_existing=args.skip_existing, preview=args.preview, progress=progress,
+        skip_existing=args.skip_existing, preview=args.preview, progress=progress, outputs=outputs,
     )
     counts = report.to_dict()["counts"]
     print(

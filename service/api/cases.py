@@ -26,7 +26,10 @@ from service.case_warnings import CaseWarning, warnings_of
 from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
 from service.io.writers import mask_to_nifti_bytes
+from service.labels import FLARE23_LABELS
 from service.metrics_types import CaseMetrics, SegmentationResult
+from service.outputs.dicom_common import ModelInfo, model_info
+from service.outputs.selection import check_outputs_possible, output_bytes
 from service.settings import Settings
 from service.volume import Volume
 
@@ -76,14 +79,16 @@ async def run_blocking(func, /, *args, **kwargs):
 
 
 def decode_upload(
-    upload: Upload, *, settings: Settings, work_dir: Path, refuse_warnings: Collection[str] = ()
+    upload: Upload, *, settings: Settings, work_dir: Path, refuse_warnings: Collection[str] = (),
+    outputs: Collection[str] = (),
 ) -> Volume:
     """The CT in ``upload``'s spool file (blocking), with its warnings (``meta["warnings"]``);
     ``work_dir`` takes a zip's extraction.
 
     Raises:
         InvalidInputError (and subclasses): unreadable input; ``WarningRefusedError`` when a
-        warning's code is in ``refuse_warnings``.
+        warning's code is in ``refuse_warnings``; ``DicomSeriesError`` or ``InvalidInputError``
+        when ``outputs`` holds a DICOM output the input cannot carry (checked before inference).
     """
     volume = read_volume_upload(
         upload.path,
@@ -92,7 +97,9 @@ def decode_upload(
         work_dir=work_dir,
         max_zip_members=settings.max_zip_members,
     )
-    return screen_input(volume, refuse=refuse_warnings)
+    volume = screen_input(volume, refuse=refuse_warnings)
+    check_outputs_possible(volume, outputs)
+    return volume
 
 
 async def segment_case(
@@ -133,6 +140,16 @@ def encode_mask(outcome: CaseOutcome) -> bytes:
     """The mask as .nii.gz bytes; the time it took is the case's ``write`` stage."""
     started = time.perf_counter()
     data = mask_to_nifti_bytes(outcome.result.mask)
+    outcome.metrics.seconds["write"] = round(time.perf_counter() - started, 4)
+    return data
+
+
+def encode_dicom_output(kind: str, outcome: CaseOutcome, manifest: ModelManifest | None) -> bytes:
+    """The RTSTRUCT or SEG file of the case (its time is the ``write`` stage)."""
+    started = time.perf_counter()
+    labels = manifest.labels if manifest is not None else FLARE23_LABELS
+    model = model_info(manifest) if manifest is not None else ModelInfo(name="unknown model")
+    data = output_bytes(kind, outcome.ct, outcome.result.mask, labels, model)
     outcome.metrics.seconds["write"] = round(time.perf_counter() - started, 4)
     return data
 

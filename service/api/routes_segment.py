@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from service.api.cases import (
     CaseOutcome,
     decode_upload,
+    encode_dicom_output,
     encode_mask,
     preview_png_bytes,
     receive_case,
@@ -22,6 +23,7 @@ from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, Overl
 from service.api.schemas import ERROR_RESPONSES
 from service.case_warnings import WARNINGS_HEADER, as_dicts, header_value
 from service.metrics_types import CaseMetrics
+from service.outputs.selection import DICOM_OUTPUTS, MEDIA_TYPES, SUFFIXES
 
 router = APIRouter(prefix="/v1", tags=["segment"], dependencies=[Depends(require_api_key)])
 
@@ -72,8 +74,9 @@ async def segment(
     segmenter: SegmenterDep,
     overlap: OverlapQuery = None,
     output_format: Annotated[
-        Literal["nifti", "png"],
-        Query(alias="format", description="nifti: the uint8 mask on the input's grid; png: a preview image"),
+        Literal["nifti", "png", "rtstruct", "seg"],
+        Query(alias="format", description="nifti: the uint8 mask on the input's grid; png: a preview image; "
+              "rtstruct / seg: a DICOM RT Structure Set / Segmentation on the input series (DICOM input only)"),
     ] = "nifti",
     filename: FilenameQuery = None,
     x_filename: FilenameHeader = None,
@@ -94,6 +97,7 @@ async def segment(
                 settings=settings,
                 work_dir=runtime.work_dir,
                 refuse_warnings=settings.refuse_warnings,
+                outputs=(output_format,) if output_format in DICOM_OUTPUTS else (),
             ),
             segmenter=segmenter,
             ticket=ticket,
@@ -103,6 +107,9 @@ async def segment(
     if output_format == "png":
         body = await run_blocking(preview_png_bytes, outcome, work_dir=runtime.work_dir, title=title)
         media_type, out_name = PNG_MEDIA_TYPE, f"{case_name}_preview.png"
+    elif output_format in DICOM_OUTPUTS:
+        body = await run_blocking(encode_dicom_output, output_format, outcome, segmenter.manifest)
+        media_type, out_name = MEDIA_TYPES[output_format], f"{case_name}{SUFFIXES[output_format]}"
     else:
         body = await run_blocking(encode_mask, outcome)
         media_type, out_name = NIFTI_MEDIA_TYPE, f"{case_name}_mask.nii.gz"

@@ -25,7 +25,7 @@ import numpy as np
 
 from service.case_warnings import DICOM_FILES_SKIPPED, NON_CT_MODALITY, CaseWarning
 from service.errors import DicomSeriesError, InputTooLargeError, InvalidInputError
-from service.io import dicom_checks
+from service.io import dicom_checks, dicom_headers
 from service.io.archive_limits import check_zip_directory
 from service.io.formats import looks_like_dicom
 from service.io.sitk_reader import simpleitk, volume_from_sitk
@@ -148,6 +148,7 @@ def read_dicom_folder(folder: Path, name: str, max_voxels: int, *, in_zip: bool 
     warnings += _series_warnings(ordered, name)
     volume = volume_from_sitk(image, name=name, source_format="dicom", warnings=warnings)
     _check_series_geometry(volume, ordered, name)
+    volume.meta[dicom_headers.META_KEY] = dicom_headers.read_headers([s.path for s in ordered], name)
     return volume
 
 

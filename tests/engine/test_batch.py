@@ -92,7 +92,7 @@ def test_bad_cases_are_reported_and_good_ones_segmented(tmp_path, segmenter):
         assert case.error_code not in ("", "internal_error"), f"{name}: {case.error_code} {case.error}"
         assert not (outputs / f"{name}.nii.gz").exists(), name
     # nothing half-written anywhere in the output folder
-    assert sorted(p.name for p in outputs.iterdir()) == sorted(["good.nii.gz", "plain.nii.gz", "report.json", "report.csv"])
+    assert sorted(p.name for p in outputs.iterdir()) == sorted(["good.nii.gz", "plain.nii.gz", "report.json", "report.csv", "statistics.csv"])
 
     saved = json.loads((outputs / "report.json").read_text())
     assert saved["counts"] == {"ok": 2, "failed": len(expected_bad), "skipped": 0}

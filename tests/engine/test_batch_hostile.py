@@ -134,5 +134,5 @@ def test_masks_previews_and_reports_share_one_file_mode(tmp_path: Path, segmente
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in outputs.iterdir()}
-    assert set(modes) == {"a.nii.gz", "a_preview.png", "report.json", "report.csv"}
+    assert set(modes) == {"a.nii.gz", "a_preview.png", "report.json", "report.csv", "statistics.csv"}
     assert set(modes.values()) == {OUTPUT_FILE_MODE}
