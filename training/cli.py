@@ -388,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
         if losses
         else f"swinxseg train: step {result.step}/{config.steps}"
     )
+    if result.init_report:
+        print(f"  {result.init_report}")
     print(f"  last checkpoint: {result.last}")
     if result.best is not None:
         print(f"  best checkpoint: {result.best} (mean validation Dice {result.best_mean_dice:.4f})")

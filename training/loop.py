@@ -144,6 +144,7 @@ class TrainResult:
     last: Path
     best: Path | None
     best_mean_dice: float
+    init_report: str | None = None  # --init-from: the encoder keys loaded and left
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
@@ -179,6 +180,7 @@ def build_model(config: TrainConfig, *, load_init: bool = True) -> torch.nn.Modu
 
         report = load_encoder(model, config.init_from)
         log.info("%s", report.summary())
+        model.init_report = report.summary()  # what `swinxseg train` prints
     return model
 
 
@@ -348,6 +350,7 @@ class Trainer:
             last=self.out_dir / LAST_NAME,
             best=best_path if best_path.is_file() else None,
             best_mean_dice=float(self.best["mean_dice"]),
+            init_report=getattr(self.model, "init_report", None),
         )
 
     def train_step(self) -> dict:
