@@ -392,12 +392,14 @@ def load_cases(
         if path is not None and path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
             case = PreparedCase(
-                source.name, saved["image"], saved["labels"], source.annotated, saved.get("pseudo")
+                source.name, saved["image"], saved["labels"], getattr(source, "annotated", None), saved.get("pseudo")
             )
         else:
             ct, labels = source.load()
+            # Sources without partial-label support (any object with name/load) are complete.
+            pseudo = source.load_pseudo() if hasattr(source, "load_pseudo") else None
             case = prepare_case(
-                source.name, ct, labels, params, annotated=source.annotated, pseudo=source.load_pseudo()
+                source.name, ct, labels, params, annotated=getattr(source, "annotated", None), pseudo=pseudo
             )
             if path is not None:
                 saved = {"image": case.image, "labels": case.labels}
