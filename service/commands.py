@@ -66,12 +66,15 @@ def discover(pyproject: Path | None = None) -> dict[str, Command]:
     """Name -> ``Command`` for every subcommand declared in the ``swinxseg.commands`` group.
 
     Installed entry points win; ``pyproject`` (default: the checkout's own ``pyproject.toml``,
-    when there is one) is read only when no installed distribution declares the group.
+    when there is one) adds the commands it declares that the installed metadata lacks: an
+    editable install that predates a command (stale metadata), or no install at all.
     """
     declared = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
-    if not declared:
-        declared = declared_in_pyproject(_SOURCE_PYPROJECT if pyproject is None else pyproject)
-        log.debug("no installed %s entry points; using %d from the source tree", GROUP, len(declared))
+    source = declared_in_pyproject(_SOURCE_PYPROJECT if pyproject is None else pyproject)
+    added = {name: value for name, value in source.items() if name not in declared}
+    if added:
+        log.debug("%d %s command(s) from the source tree: %s", len(added), GROUP, ", ".join(sorted(added)))
+    declared.update(added)
     return {name: Command(name, _module_of(value)) for name, value in sorted(declared.items())}
 
 

@@ -14,7 +14,7 @@ from service import cli, commands
 from service.commands import GROUP, Command, CommandUnavailable, declared_in_pyproject, discover
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"batch", "serve", "worker", "preview", "export", "train", "phantom", "demo"}
+EXPECTED = {"batch", "serve", "worker", "preview", "export", "train", "phantom", "demo", "pretrain", "pseudo-label"}
 
 
 def test_pyproject_declares_every_subcommand_as_a_module_with_help_arguments_and_run():
@@ -34,10 +34,21 @@ def test_every_declared_package_is_packaged():
         assert f"{target.split('.')[0]}*" in include, target
 
 
-def test_installed_entry_points_are_used(monkeypatch):
+def test_installed_entry_points_are_used(monkeypatch, tmp_path):
     fake = [metadata.EntryPoint(name="hello", value="service.preview_cli", group=GROUP)]
     monkeypatch.setattr(commands.metadata, "entry_points", lambda group: fake if group == GROUP else [])
-    assert discover() == {"hello": Command("hello", "service.preview_cli")}
+    assert discover(tmp_path / "missing.toml") == {"hello": Command("hello", "service.preview_cli")}
+
+
+def test_a_stale_install_gains_the_commands_only_the_source_declares(monkeypatch, tmp_path):
+    fake = [metadata.EntryPoint(name="batch", value="service.batch_cli", group=GROUP)]
+    monkeypatch.setattr(commands.metadata, "entry_points", lambda group: fake if group == GROUP else [])
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(f'[project.entry-points."{GROUP}"]\nbatch = "other.module"\nnew = "service.preview_cli"\n')
+    assert discover(pyproject) == {
+        "batch": Command("batch", "service.batch_cli"),  # the installed declaration wins
+        "new": Command("new", "service.preview_cli"),
+    }
 
 
 def test_without_installed_entry_points_the_source_pyproject_is_read(monkeypatch, tmp_path):

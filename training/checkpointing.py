@@ -128,14 +128,22 @@ def resolve_checkpoint_path(path_or_dir: str | Path) -> Path:
 def load_training_state(path_or_dir: str | Path) -> dict:
     """Load a training checkpoint for ``--resume`` (safe loader: no pickled code runs)."""
     path = resolve_checkpoint_path(path_or_dir)
+    return load_training_state_file(path, required=("state_dict", "optimizer", "scheduler", "step", "rng", "config"))
+
+
+def load_training_state_file(path: str | Path, *, required: tuple[str, ...]) -> dict:
+    """Load a resumable checkpoint (safe loader) that must hold the ``required`` entries.
+
+    Raises ``CheckpointError`` for a missing, unreadable or incomplete file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint to resume at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(f"cannot load training checkpoint {path}: {exc}") from None
-    missing = [
-        key for key in ("state_dict", "optimizer", "scheduler", "step", "rng", "config") if key not in state
-    ]
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
-        raise CheckpointError(f"{path} is not a resumable training checkpoint (missing {', '.join(missing)})")
+        raise CheckpointError(f"{path} is not a resumable checkpoint of this kind (missing {', '.join(missing)})")
     log.info("resuming from %s at step %d", path, state["step"])
     return state

@@ -6,6 +6,7 @@ Examples::
     swinxseg train --images imagesTr --labels labelsTr --val-count 4 --out runs/ft
     swinxseg train --phantoms 32 --phantom-seed-start 1000 --val-phantoms 4 --out runs/demo
     swinxseg train --resume runs/demo            # continue exactly where the run stopped
+    swinxseg train --datalist runs/pseudo/datalist.json --partial refine --init-from runs/smit/encoder.pt --out runs/ft
 
 Stopping: ``kill -TERM PID`` (or ``--pause-at N``) finishes the current step and saves ``last.pt``.
 
@@ -54,6 +55,8 @@ CONFIG_OPTIONS = (
     "seed",
     "threads",
     "init",
+    "init_from",
+    "partial",
 )
 
 
@@ -96,6 +99,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "unlike a smaller --steps it leaves the learning-rate schedule unchanged",
     )
     run.add_argument("--init", help="start from these weights (published {'state_dict': ...} format)")
+    run.add_argument(
+        "--init-from",
+        help="start the encoder from a `swinxseg pretrain` encoder checkpoint (encoder.pt); the "
+        "decoder keeps its fresh weights; the keys loaded and left are reported",
+    )
     run.add_argument("--preset", choices=("tiny", "full"), help="network size (default tiny)")
     run.add_argument("--out-channels", type=int, help="classes incl. background (default 15, FLARE-23)")
     run.add_argument("--steps", type=int, help="optimizer steps in total (default 1000)")
@@ -109,6 +117,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     recipe = parser.add_argument_group("recipe")
+    recipe.add_argument(
+        "--partial",
+        choices=("none", "refine", "mask"),
+        help="how to train on datalist entries with an \"annotated\" list (partial labels): none (as if "
+        "complete, the default), refine (annotated labels from the ground truth, the rest from the entry's "
+        "pseudo_label: see `swinxseg pseudo-label`) or mask (the loss ignores the classes a case does not "
+        "annotate)",
+    )
     recipe.add_argument("--patch-size", type=int, help="cubic patch side, multiple of 32 (default 96)")
     recipe.add_argument("--batch-size", type=int, help="patches per step (default 2)")
     recipe.add_argument("--lr", type=float, help="peak AdamW learning rate (default 2e-4)")
@@ -372,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
         if losses
         else f"swinxseg train: step {result.step}/{config.steps}"
     )
+    if result.init_report:
+        print(f"  {result.init_report}")
     print(f"  last checkpoint: {result.last}")
     if result.best is not None:
         print(f"  best checkpoint: {result.best} (mean validation Dice {result.best_mean_dice:.4f})")

@@ -75,19 +75,38 @@ class PreprocessParams:
 
 @dataclass(frozen=True)
 class FileCase:
-    """A labelled CT on disk: ``image`` and ``label`` paths (any format ``read_volume`` reads)."""
+    """A labelled CT on disk: ``image`` and ``label`` paths (any format ``read_volume`` reads).
+
+    ``annotated``: the foreground labels the label file covers (None: all of them, a complete
+    annotation); ``pseudo_label``: a teacher's label file for the same image (``swinxseg
+    pseudo-label``), used by ``--partial refine`` (see ``training.partial``).
+    """
 
     name: str
     image: Path
     label: Path
+    annotated: tuple[int, ...] | None = None
+    pseudo_label: Path | None = None
 
     def describe(self) -> str:
-        return f"file:{self.image.resolve()}|{self.label.resolve()}"
+        text = f"file:{self.image.resolve()}|{self.label.resolve()}"
+        if self.annotated is not None or self.pseudo_label is not None:
+            pseudo = self.pseudo_label.resolve() if self.pseudo_label is not None else None
+            text += f"|annotated={list(self.annotated or [])}|pseudo={pseudo}"
+        return text
 
     def load(self) -> tuple[Volume, Volume]:
         from service.io.readers import read_volume  # SimpleITK & co. only when files are read
 
         return read_volume(self.image), read_volume(self.label)
+
+    def load_pseudo(self) -> Volume | None:
+        """The teacher's label volume, or None without one."""
+        if self.pseudo_label is None:
+            return None
+        from service.io.readers import read_volume
+
+        return read_volume(self.pseudo_label)
 
 
 @dataclass(frozen=True)
@@ -100,8 +119,14 @@ class PhantomCase:
     orientation: str = "RAS"
     oblique_deg: float = 0.0
 
+    annotated = None  # phantoms are completely labelled
+    pseudo_label = None
+
     def describe(self) -> str:
         return f"phantom:{self.seed}|{self.spacing}|{self.orientation}|{self.oblique_deg}"
+
+    def load_pseudo(self) -> None:
+        return None
 
     def load(self) -> tuple[Volume, Volume]:
         from phantoms.generator import make_phantom
@@ -116,11 +141,17 @@ CaseSource = FileCase | PhantomCase
 
 @dataclass(eq=False)
 class PreparedCase:
-    """One case on the model grid: ``image (X, Y, Z)`` float32 in [0, 1], ``labels (X, Y, Z)`` uint8."""
+    """One case on the model grid: ``image (X, Y, Z)`` float32 in [0, 1], ``labels (X, Y, Z)`` uint8.
+
+    ``annotated``: the labels a partial annotation covers (None: complete); ``pseudo``: the
+    teacher's labels on the same grid, when the case has a pseudo-label file.
+    """
 
     name: str
     image: torch.Tensor
     labels: torch.Tensor
+    annotated: tuple[int, ...] | None = None
+    pseudo: torch.Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,16 +180,31 @@ def _datalist_entries(entries: list, datalist: Path, key: str) -> list[FileCase]
 
     cases = []
     for index, entry in enumerate(entries):
+        where = f"datalist {datalist}: {key}[{index}]"
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise InvalidInputError(
-                f'datalist {datalist}: {key}[{index}] needs "image" and "label", got {entry!r}'
-            )
+            raise InvalidInputError(f'{where} needs "image" and "label", got {entry!r}')
         image, label = (_relative_to(datalist.parent, entry[k]) for k in ("image", "label"))
-        for what, file in (("image", image), ("label", label)):
-            if not file.exists():
-                raise InvalidInputError(f"datalist {datalist}: {key}[{index}] {what} {file} does not exist")
-        cases.append(FileCase(name=case_name_for(image), image=image, label=label))
+        pseudo = _relative_to(datalist.parent, entry["pseudo_label"]) if entry.get("pseudo_label") else None
+        for what, file in (("image", image), ("label", label), ("pseudo_label", pseudo)):
+            if file is not None and not file.exists():
+                raise InvalidInputError(f"{where} {what} {file} does not exist")
+        annotated = _annotated(entry.get("annotated"), where)
+        if annotated is not None and key == "validation":
+            # Dice against a partial annotation scores every organ it leaves out as a miss.
+            raise InvalidInputError(f'{where}: validation cases must be completely annotated (drop "annotated")')
+        cases.append(
+            FileCase(name=case_name_for(image), image=image, label=label, annotated=annotated, pseudo_label=pseudo)
+        )
     return cases
+
+
+def _annotated(value, where: str) -> tuple[int, ...] | None:
+    """A datalist entry's ``"annotated"`` list as sorted distinct labels 1..255 (None if absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and 1 <= v <= 255 for v in value):
+        raise InvalidInputError(f'{where}: "annotated" must be a non-empty list of labels 1..255, got {value!r}')
+    return tuple(sorted(set(value)))
 
 
 def _relative_to(folder: Path, value: str) -> Path:
@@ -276,14 +322,43 @@ def labels_on_image_grid(
     return np.ascontiguousarray(on_image).astype(np.uint8)
 
 
-def prepare_case(name: str, ct: Volume, labels: Volume, params: PreprocessParams) -> PreparedCase:
-    """Preprocess ``ct`` with the service's ``preprocess`` and bring ``labels`` onto the same grid."""
+def prepare_case(
+    name: str,
+    ct: Volume,
+    labels: Volume,
+    params: PreprocessParams,
+    *,
+    annotated: tuple[int, ...] | None = None,
+    pseudo: Volume | None = None,
+) -> PreparedCase:
+    """Preprocess ``ct`` with the service's ``preprocess`` and bring ``labels`` (and the teacher's
+    ``pseudo`` labels, if given) onto the same grid.
+
+    Raises ``InvalidInputError`` for a label grid that does not match the image's, or a label file
+    that draws labels outside ``annotated``.
+    """
+    from training.partial import check_annotated_labels
+
     label_array = labels_on_image_grid(labels, ct, name=name)
+    try:
+        check_annotated_labels(name, label_array, annotated)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
     prepared = preprocess(
         ct, params.spec, body_margin_mm=params.body_margin_mm, crop_to=params.crop_to, device="cpu"
     )
     model_labels = labels_to_model_grid(label_array, prepared.record)
-    return PreparedCase(name=name, image=prepared.image.contiguous(), labels=torch.from_numpy(model_labels))
+    model_pseudo = None
+    if pseudo is not None:
+        pseudo_array = labels_on_image_grid(pseudo, ct, name=f"{name} (pseudo label)")
+        model_pseudo = torch.from_numpy(labels_to_model_grid(pseudo_array, prepared.record))
+    return PreparedCase(
+        name=name,
+        image=prepared.image.contiguous(),
+        labels=torch.from_numpy(model_labels),
+        annotated=annotated,
+        pseudo=model_pseudo,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,12 +391,21 @@ def load_cases(
         path = _cache_path(cache, source, params) if cache is not None else None
         if path is not None and path.is_file():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            case = PreparedCase(source.name, saved["image"], saved["labels"])
+            case = PreparedCase(
+                source.name, saved["image"], saved["labels"], getattr(source, "annotated", None), saved.get("pseudo")
+            )
         else:
             ct, labels = source.load()
-            case = prepare_case(source.name, ct, labels, params)
+            # Sources without partial-label support (any object with name/load) are complete.
+            pseudo = source.load_pseudo() if hasattr(source, "load_pseudo") else None
+            case = prepare_case(
+                source.name, ct, labels, params, annotated=getattr(source, "annotated", None), pseudo=pseudo
+            )
             if path is not None:
-                atomic_save({"image": case.image, "labels": case.labels}, path)
+                saved = {"image": case.image, "labels": case.labels}
+                if case.pseudo is not None:
+                    saved["pseudo"] = case.pseudo
+                atomic_save(saved, path)
         log.info(
             "case %s: model grid %s, labels %s (%.1f s)",
             case.name,

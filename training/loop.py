@@ -32,6 +32,7 @@ from training.checkpointing import (
 )
 from training.data import PreparedCase, PreprocessParams
 from training.evaluate import evaluate_cases
+from training.partial import PARTIAL_MODES, apply_partial_mode, class_mask, mask_logits
 from training.precision import PRECISIONS, autocast, guard_bf16_convolutions
 from training.sampling import AugmentConfig, PatchSampler
 
@@ -75,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     init: str | None = None
+    init_from: str | None = None
+    partial: str = "none"
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     data: dict = field(default_factory=dict)
 
@@ -93,6 +96,13 @@ class TrainConfig:
             )
         if self.dice not in DICE_MODES:
             raise ValueError(f"dice must be one of {', '.join(DICE_MODES)}, got {self.dice!r}")
+        if self.partial not in PARTIAL_MODES:
+            raise ValueError(f"partial must be one of {', '.join(PARTIAL_MODES)}, got {self.partial!r}")
+        if self.partial == "mask" and 0 in self.flip_axes:
+            # A left-right flip swaps labels 2/13 and 7/8, and with them which classes a case annotates.
+            raise ValueError("--partial mask cannot be combined with flips of axis 0 (left-right)")
+        if self.init and self.init_from:
+            raise ValueError("give --init (whole network) or --init-from (encoder), not both")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "flip_axes", tuple(int(a) for a in self.flip_axes))
@@ -134,6 +144,7 @@ class TrainResult:
     last: Path
     best: Path | None
     best_mean_dice: float
+    init_report: str | None = None  # --init-from: the encoder keys loaded and left
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
@@ -164,6 +175,12 @@ def build_model(config: TrainConfig, *, load_init: bool = True) -> torch.nn.Modu
 
         load_into(model, load_checkpoint(Path(config.init)))
         log.info("initialised from %s", config.init)
+    if config.init_from and load_init:
+        from training.smit import load_encoder
+
+        report = load_encoder(model, config.init_from)
+        log.info("%s", report.summary())
+        model.init_report = report.summary()  # what `swinxseg train` prints
     return model
 
 
@@ -216,6 +233,9 @@ class Trainer:
         self.device = torch.device(device)
         self.out_dir = Path(out_dir)
         self.val_cases = list(val_cases)
+        train_cases = apply_partial_mode(train_cases, config.partial)
+        # Per case, the classes its loss may use: all but the ones a partial annotation leaves out.
+        self.class_masks = torch.stack([class_mask(c.annotated, config.out_channels) for c in train_cases])
         if config.threads:
             torch.set_num_threads(config.threads)
         _seed_everything(config.seed)
@@ -330,12 +350,13 @@ class Trainer:
             last=self.out_dir / LAST_NAME,
             best=best_path if best_path.is_file() else None,
             best_mean_dice=float(self.best["mean_dice"]),
+            init_report=getattr(self.model, "init_report", None),
         )
 
     def train_step(self) -> dict:
         """One optimizer step on one sampled batch; returns (and logs) its record."""
         started = time.perf_counter()
-        images, labels = self.sampler.next_batch(self.config.batch_size)
+        images, labels, cases = self.sampler.next_batch_with_cases(self.config.batch_size)
         images, labels = images.to(self.device), labels.to(self.device)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -344,7 +365,10 @@ class Trainer:
         # on GPUs with bfloat16 tensor cores.
         with autocast(self.config.precision, self.device.type):
             logits = self.model(images)
-        loss = self.loss_fn(logits.float(), labels)
+        logits = logits.float()
+        if self.config.partial == "mask":
+            logits = mask_logits(logits, self.class_masks[cases])
+        loss = self.loss_fn(logits, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {self.step + 1}; lower --lr or check the labels"

@@ -145,21 +145,27 @@ class PatchSampler:
     # ------------------------------------------------------------------ drawing
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_size`` patches: images ``(B, 1, *patch)`` float32, labels ``(B, 1, *patch)`` int64."""
-        images, labels = [], []
+        images, labels, _ = self.next_batch_with_cases(batch_size)
+        return images, labels
+
+    def next_batch_with_cases(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """``next_batch`` and, per patch, the index of the case it was cut from (same draws)."""
+        images, labels, cases = [], [], []
         for _ in range(batch_size):
-            image, label = self._one_patch()
+            case, image, label = self._one_patch()
             images.append(image)
             labels.append(label)
-        return torch.stack(images)[:, None].float(), torch.stack(labels)[:, None].long()
+            cases.append(case)
+        return torch.stack(images)[:, None].float(), torch.stack(labels)[:, None].long(), cases
 
-    def _one_patch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_patch(self) -> tuple[int, torch.Tensor, torch.Tensor]:
         if self.present_labels and self.rng.random() < self.positive_prob:
             case, centre = self._positive_centre()
         else:
             case = int(self.rng.integers(len(self.images)))
             centre = tuple(int(self.rng.integers(n)) for n in self.images[case].shape)
         image, label = self._crop(case, centre)
-        return self._augment(image, label)
+        return (case, *self._augment(image, label))
 
     def _label_probabilities(self, weights: dict[int, float]) -> np.ndarray | None:
         """Probability of each present label as a positive centre; None: uniform (no weights)."""
