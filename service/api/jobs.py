@@ -229,10 +229,7 @@ class JobStore:
         return expired
 
     async def reap_forever(self) -> None:
-        interval = max(0.5, min(60.0, self.ttl_s / 4))
-        while True:
-            await asyncio.sleep(interval)
-            self.reap()
+        await reap_periodically(self.reap, self.ttl_s)
 
     async def close(self) -> None:
         """Shutdown: cancel queued jobs, wait for a running one (its thread cannot be stopped);
@@ -330,3 +327,11 @@ class JobStore:
         self._jobs.pop(job.id, None)
         self._save(job)
 
+
+async def reap_periodically(reap: Callable[[], list[str]], ttl_s: float) -> None:
+    """Run ``reap`` every quarter of the TTL (0.5-60 s) for ever, off the event loop: it deletes
+    folders, which must not stall requests. Both job stores (embedded and queue mode) use it."""
+    interval = max(0.5, min(60.0, ttl_s / 4))
+    while True:
+        await asyncio.sleep(interval)
+        await run_blocking(reap)

@@ -8,7 +8,6 @@ not care which mode runs. Redis unreachable: submitting answers 503 (nothing is 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 from service.api.cases import run_blocking
 from service.api.errors import GoneError, NotFoundError, QueueUnavailableError
 from service.api.gpu_guard import Ticket
-from service.api.jobs import INPUT_NAME, Job, JobContext
+from service.api.jobs import INPUT_NAME, Job, JobContext, reap_periodically
 from service.api.uploads import Upload
 from service.queue.celery_app import TASK_NAME, redacted
 from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
@@ -155,10 +154,7 @@ class QueueJobStore:
         return expired
 
     async def reap_forever(self) -> None:
-        interval = max(0.5, min(60.0, self.ttl_s / 4))
-        while True:
-            await asyncio.sleep(interval)
-            await run_blocking(self.reap)
+        await reap_periodically(self.reap, self.ttl_s)
 
     async def close(self) -> None:
         """Nothing to stop: the jobs belong to the queue and the workers."""
