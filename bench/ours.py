@@ -74,6 +74,8 @@ def _run(input_path: Path, output_path: Path, model_dir: Path, device: str, back
         "model_grid_shape": list(metrics.model_grid_shape),
         "windows_run": metrics.windows_run,
         "windows_skipped": metrics.windows_skipped,
+        # OpenVINO only: whether the model load imported a compiled blob (None: no compile cache).
+        "openvino_from_cache": getattr(segmenter.predictor, "from_cache", None),
         "seconds": round(time.perf_counter() - started, 4),
         "stage_seconds": seconds,
         "segmenter_metrics": metrics.to_dict(),

@@ -16,6 +16,7 @@ import torch
 
 from service.errors import InferenceError, InvalidInputError
 from service.geometry import preprocess, restore_labels
+from service.inference.openvino_cache import openvino_cache_dir
 from service.inference.predictors import Predictor, load_predictor, resolve_device
 from service.inference.stitcher import StitchOutOfMemory, sliding_window_labels
 from service.labels import FLARE23_LABELS
@@ -38,6 +39,14 @@ _MAX_AUTO_BATCH = 4
 # halves the stitching slab (the largest buffer after the model's own) on either device; on the
 # CPU it costs ~0.01 s per 96^3 window, next to ~1 s for the network.
 _ACCUMULATE_DTYPES = {"auto": torch.float16, "float16": torch.float16, "float32": torch.float32}
+
+
+def _openvino_cache(settings: Settings, device: torch.device):
+    """The compile cache folder when OpenVINO may run (a CPU with backend auto/openvino), else None,
+    so other backends never create it."""
+    if device.type != "cpu" or settings.backend not in ("auto", "openvino"):
+        return None
+    return openvino_cache_dir(settings)
 
 
 class Segmenter:
@@ -73,6 +82,7 @@ class Segmenter:
                 precision=settings.inference_precision,  # resolved once, by the predictor
                 gpu_mem_cap_mb=settings.gpu_mem_cap_mb,
                 threads=settings.cpu_threads,
+                openvino_cache_dir=_openvino_cache(settings, self.device),
             )
         self.predictor = predictor
         self.backend = predictor.name

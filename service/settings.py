@@ -32,6 +32,15 @@ class Settings(BaseSettings):
         "(else float32, said in the log and metrics); ONNX Runtime runs the export's precision",
     )
 
+    openvino_cache: bool = Field(
+        True,
+        description="Keep OpenVINO's compiled model on disk (its CACHE_DIR), so the next start imports it "
+        "instead of compiling again",
+    )
+    openvino_cache_dir: Path | None = Field(
+        None, description="The OpenVINO compile cache folder; default <work_dir>/swinxseg_openvino_cache"
+    )
+
     # Sliding window
     overlap: float = Field(0.5, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(0, ge=0, description="Windows per forward pass; 0 = sized to the memory cap")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,9 @@ class OpenVinoPredictor:
         roi: the window size (voxels). precision: float32 or bfloat16 as resolved for the CPU
             (``resolve_precision``); bfloat16 falls back to float32 where the CPU lacks it.
         threads: > 0 sets ``INFERENCE_NUM_THREADS``; 0 = OpenVINO's default (all cores).
+        cache_dir: OpenVINO's compile cache folder (``CACHE_DIR``, see ``openvino_cache.py``);
+            None = compile every time. ``from_cache`` then says whether this load imported a
+            cached blob (True), compiled one (False), or ran without a cache (None).
     Raises ``ModelArtifactError`` (not installed, not the CPU, unreadable model, channel mismatch).
     """
 
@@ -91,6 +95,7 @@ class OpenVinoPredictor:
         roi: tuple[int, int, int],
         precision: str = "float32",
         threads: int = 0,
+        cache_dir: Path | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type != "cpu":
@@ -104,15 +109,21 @@ class OpenVinoPredictor:
         self.out_channels = int(out_channels)
         self.roi = tuple(int(r) for r in roi)
         self.name = "openvino-cpu"
-        self._compiled = _compile(core, Path(path), self.roi, self.out_channels, wanted, threads)
+        started = time.perf_counter()
+        self._compiled, self.from_cache = _compile(
+            core, Path(path), self.roi, self.out_channels, wanted, threads, cache_dir
+        )
+        self.compile_seconds = round(time.perf_counter() - started, 3)
         # What the compiled model says it runs is what the metrics report, not what was asked.
         self.precision = _compiled_precision(self._compiled)
         if self.precision != wanted:
             logger.warning("OpenVINO compiled %s although %s was asked for", self.precision, wanted)
         self._request = self._compiled.create_infer_request()
+        cache = {None: "no compile cache", True: f"imported from {cache_dir}", False: f"compiled, cached in {cache_dir}"}
         logger.info(
-            "OpenVINO %s on %s: %s (asked for %s)",
+            "OpenVINO %s on %s: %s (asked for %s), read + %s in %.1f s",
             ov.get_version(), core.get_property("CPU", "FULL_DEVICE_NAME"), self.precision, precision,
+            cache[self.from_cache], self.compile_seconds,
         )
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -132,7 +143,9 @@ class OpenVinoPredictor:
         return out
 
 
-def _compile(core: Any, path: Path, roi: tuple[int, ...], channels: int, precision: str, threads: int):
+def _compile(core: Any, path: Path, roi: tuple[int, ...], channels: int, precision: str, threads: int,
+             cache_dir: Path | None) -> tuple[Any, bool | None]:
+    """The compiled model and whether it came from the cache (None: no cache)."""
     try:
         model = core.read_model(str(path))
         model.reshape([1, 1, *roi])
@@ -148,8 +161,16 @@ def _compile(core: Any, path: Path, roi: tuple[int, ...], channels: int, precisi
     }
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache_dir is not None:
+        try:
+            compiled = core.compile_model(model, "CPU", {**config, "CACHE_DIR": str(cache_dir)})
+            return compiled, bool(compiled.get_property("LOADED_FROM_CACHE"))
+        except Exception as exc:
+            # A cache is an optimisation: a folder that broke since start-up (disk full, removed)
+            # must not stop the model from loading.
+            logger.warning("OpenVINO compile cache %s unusable (%s): compiling without it", cache_dir, exc)
     try:
-        return core.compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU", config), None
     except Exception as exc:
         raise ModelArtifactError(f"OpenVINO cannot compile {path} for the CPU: {exc}") from None
 

@@ -372,6 +372,7 @@ def load_predictor(
     precision: Precision = "auto",
     gpu_mem_cap_mb: int | None = None,
     threads: int = 0,
+    openvino_cache_dir: Path | None = None,
 ) -> Predictor:
     """Load the model in ``model_dir`` with the chosen backend.
 
@@ -379,6 +380,7 @@ def load_predictor(
     ``threads`` (> 0) sets the intra-op threads of any backend. ONNX Runtime runs the precision
     the graph was exported in; ``precision`` applies to TorchScript and OpenVINO (float32 or
     bfloat16 on the CPU; the predictor's ``precision`` says what really runs).
+    ``openvino_cache_dir``: OpenVINO's compile cache folder (None = compile at every load).
     """
     model_dir = Path(model_dir)
     ts_path = _artifact_path(model_dir, manifest, "torchscript", TORCHSCRIPT_NAME)
@@ -393,6 +395,7 @@ def load_predictor(
             roi=tuple(manifest.roi_size),
             precision=resolve_precision(precision, device),
             threads=threads,
+            cache_dir=openvino_cache_dir,
         )
     if chosen == "onnx":
         return OnnxPredictor(
