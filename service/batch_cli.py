@@ -17,6 +17,9 @@ FLAGS = (
     *MODEL_FLAGS,
     Flag("overlap", help="sliding-window overlap in [0, 1), default 0.5"),
     Flag("sw_batch_size", help="windows per forward pass (0 = sized to the cap)"),
+    Flag("queue_url", dest="queue", help="send the cases to queue-mode workers through this Redis "
+         "(redis://host:6379/0) instead of segmenting here; cases that have a mask are not sent again"),
+    Flag("storage_dir", help="with --queue: the jobs folder the workers share (their SWINXSEG_STORAGE_DIR)"),
 )
 
 
@@ -32,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "seg (CASE_seg.dcm); rtstruct and seg need DICOM series inputs",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--in-flight", type=int, default=32, metavar="N",
+                        help="with --queue: at most N cases out on the cluster at once (default 32)")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     except InvalidInputError as exc:
         print(f"swinxseg batch: --output: {exc.message}", file=sys.stderr)
         return 2
+    if args.queue:  # only when asked on the command line: SWINXSEG_QUEUE_URL alone is the servers' setting
+        return _run_on_queue(args, settings, outputs)
     progress = None
     if not args.no_progress and sys.stderr.isatty():
         from tqdm import tqdm
@@ -61,9 +68,27 @@ def run(args: argparse.Namespace) -> int:
         args.input_dir, args.output_dir, settings,
         skip_existing=args.skip_existing, preview=args.preview, progress=progress, outputs=outputs,
     )
+    return _summary(report, args.output_dir)
+
+
+def _run_on_queue(args: argparse.Namespace, settings: Settings, outputs: tuple[str, ...]) -> int:
+    from service.queue.batch import run_queue_batch
+
+    if outputs != ("nifti",):
+        print("swinxseg batch: --queue writes the NIfTI masks only (--output nifti)", file=sys.stderr)
+        return 2
+    if args.in_flight < 1:
+        print("swinxseg batch: --in-flight must be at least 1", file=sys.stderr)
+        return 2
+    report = run_queue_batch(args.input_dir, args.output_dir, settings, preview=args.preview, overlap=args.overlap,
+                             in_flight=args.in_flight, progress_bar=not args.no_progress and sys.stderr.isatty())
+    return _summary(report, args.output_dir)
+
+
+def _summary(report, output_dir: Path) -> int:
     counts = report.to_dict()["counts"]
     print(
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped in "
-        f"{report.total_seconds:.1f} s; report: {Path(args.output_dir) / 'report.json'}"
+        f"{report.total_seconds:.1f} s; report: {Path(output_dir) / 'report.json'}"
     )
     return 1 if report.failed else 0

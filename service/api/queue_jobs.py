@@ -12,17 +12,18 @@ import json
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from service.api.cases import run_blocking
-from service.api.errors import GoneError, NotFoundError, QueueUnavailableError
+from service.api.errors import GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
-from service.api.jobs import INPUT_NAME, Job, JobContext, reap_periodically
+from service.api.jobs import Job, JobContext, reap_periodically
 from service.api.uploads import Upload
-from service.queue.celery_app import TASK_NAME, redacted
-from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
+from service.queue.celery_app import redacted
+from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json
+from service.queue.submission import submit_job
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 EXPIRED_FOLDER = ".expired"  # one empty file per expired id, so it answers 410 rather than 404
 _REMEMBER_EXPIRED_S = 7 * 24 * 3600
-_PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 
 
 class QueueJobStore:
@@ -85,33 +85,15 @@ class QueueJobStore:
         self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
     ) -> Job:
         """Move the upload into shared storage and enqueue the job (503 when Redis is down)."""
-        job_id = uuid.uuid4().hex
-        folder = self.root / job_id
-        meta = {"id": job_id, "filename": upload.filename, "media_type": upload.media_type,
-                "want_preview": want_preview, "overlap": overlap, "created_at": self.clock()}
+        meta = {"filename": upload.filename, "media_type": upload.media_type,
+                "want_preview": want_preview, "overlap": overlap}
         try:
-            folder.mkdir()
-            await run_blocking(shutil.move, upload.path, folder / INPUT_NAME)  # storage may be another volume
-            write_json(folder / JOB_FILE, meta)
-            await run_blocking(self._send, job_id)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            # shutil.move: the storage may be another volume than the spool folder.
+            job_id = await run_blocking(submit_job, self.root, self.celery, self.settings, meta=meta,
+                                        place_input=partial(shutil.move, upload.path), clock=self.clock)
         finally:
             ticket.close()  # the queue place here only paced the upload; the workers queue the job
         return self.get(job_id)
-
-    def _send(self, job_id: str) -> None:
-        try:
-            # One quick retry replaces a connection that went stale (Redis restarted); a Redis that
-            # is down fails within a second or two, so the client gets 503 rather than a hang.
-            self.celery.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=self.settings.queue_name,
-                                  retry=True, retry_policy=_PUBLISH_RETRY)
-        except Exception as exc:  # kombu/redis raise many types for "cannot publish"
-            log.warning("could not enqueue job %s: %s", job_id, exc)
-            raise QueueUnavailableError(
-                f"the job queue {redacted(self.settings.queue_url or '')} is unreachable; retry later"
-            ) from None
 
     def get(self, job_id: str) -> Job:
         folder = self.root / job_id

@@ -1,37 +1,21 @@
 """Queue mode for real: Debian's redis-server, the API process and two worker processes (formula
-model on the CPU, one thread each), all on loopback ports with temporary folders.
-
-Each forward pass of the workers sleeps a little (``FORMULA_WINDOW_DELAY_S``) so that jobs last
-long enough to spread over both workers and to kill a worker in the middle of one.
+model on the CPU, one thread each), all on loopback ports with temporary folders (``queue_kit``).
 """
 
 from __future__ import annotations
 
 import gzip
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import nibabel as nib
 import numpy as np
 import pytest
 from api.apikit import AFFINE, ct_array, nifti_gz_bytes
-from service_e2e.formula_app import DELAY_ENV
-from service_e2e.redis_kit import REDIS_SERVER, RedisServer, new_redis
-from service_e2e.serverkit import (
-    REPO,
-    clean_env,
-    formula_server_argv,
-    free_port,
-    log_tail,
-    run_server,
-    stop_process,
-    wait_for,
-)
+from service_e2e.queue_kit import Cluster, running_cluster
+from service_e2e.redis_kit import REDIS_SERVER
+from service_e2e.serverkit import wait_for
 
 from service.queue.job_files import RESULT_FILE, RUNNING_FILE, read_json
 
@@ -40,56 +24,10 @@ GZ = {"Content-Type": "application/gzip"}
 SMALL, LARGE = (40, 40, 24), (72, 72, 40)
 
 
-@dataclass
-class Cluster:
-    tmp: Path
-    redis: RedisServer
-    env: dict[str, str]
-    api_port: int = field(default_factory=free_port)
-    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    @property
-    def storage(self) -> Path:
-        return Path(self.env["SWINXSEG_STORAGE_DIR"])
-
-    def start_worker(self, name: str) -> None:
-        log_path = self.tmp / f"{name}.log"
-        env = {**self.env, DELAY_ENV: "0.15", "SWINXSEG_SW_BATCH_SIZE": "1", "SWINXSEG_WORKER_METRICS_PORT": "0",
-               "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}
-        with open(log_path, "wb") as log:
-            self.workers[name] = subprocess.Popen([sys.executable, "-m", "service_e2e.formula_worker", name],
-                                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        proc = self.workers[name]
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"worker {name} exited:\n{log_tail(log_path)}"
-            return " ready." in log_path.read_text(errors="replace")
-
-        wait_for(ready, timeout=120, what=f"worker {name} ready")
-
-    def api(self, name: str, **extra: str):
-        return run_server(formula_server_argv(self.api_port), port=self.api_port, env={**self.env, **extra},
-                          log_path=self.tmp / f"api-{name}.log")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("queue")
-    redis = new_redis(tmp / "redis")
-    env = clean_env(
-        SWINXSEG_QUEUE_URL=redis.url, SWINXSEG_STORAGE_DIR=str(tmp / "storage"), SWINXSEG_WORK_DIR=str(tmp / "work"),
-        SWINXSEG_DEVICE="cpu", SWINXSEG_CPU_THREADS="1", SWINXSEG_WARMUP="false",
-        SWINXSEG_QUEUE_VISIBILITY_TIMEOUT_S="4", OMP_NUM_THREADS="1",
-    )
-    cluster = Cluster(tmp=tmp, redis=redis, env=env)
-    try:
-        for name in ("w1", "w2"):
-            cluster.start_worker(name)
+    with running_cluster(tmp_path_factory.mktemp("queue")) as cluster:
         yield cluster
-    finally:
-        for proc in cluster.workers.values():
-            stop_process(proc, timeout=20)
-        redis.stop()
 
 
 def submit(base_url: str, shape=SMALL) -> httpx.Response:

@@ -1,0 +1,136 @@
+"""``swinxseg batch IN OUT --queue redis://...`` for real: the CLI process sends a folder's cases to
+two worker processes (formula model, CPU) through Debian's redis-server, writes the masks and
+reports a local batch writes, and, killed mid-run and started again, sends only the cases that
+have no mask yet."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from api.apikit import AFFINE, ct_array
+from service_e2e.formula_app import formula_segmenter
+from service_e2e.queue_kit import Cluster, running_cluster
+from service_e2e.redis_kit import REDIS_SERVER
+from service_e2e.serverkit import BIN, REPO, wait_for
+
+from service.batch import CSV_COLUMNS, run_batch
+from service.queue.batch import STATE_FILE
+from service.queue.job_files import RESULT_FILE, read_json
+from service.settings import Settings
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make redis)")
+SHAPES = [(40, 40, 24), (48, 40, 24), (40, 48, 28), (44, 44, 24), (40, 40, 32), (48, 48, 24)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("queue_batch")) as cluster:
+        yield cluster
+
+
+def case_folder(folder: Path, *, broken: bool = False) -> Path:
+    """Six FLARE-named CTs of different shapes, a note that is not a case and, with ``broken``,
+    a .nii.gz that is no gzip (refused before it is sent) and a 2D NIfTI (refused by the worker)."""
+    folder.mkdir()
+    for index, shape in enumerate(SHAPES):
+        image = nib.Nifti1Image(ct_array(shape), AFFINE)
+        image.set_sform(AFFINE, code=1)
+        image.set_qform(AFFINE, code=1)
+        nib.save(image, folder / f"case{index}_0000.nii.gz")
+    (folder / "notes.txt").write_text("not a case\n")
+    if broken:
+        (folder / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b this is not a gzip stream")
+        nib.save(nib.Nifti1Image(np.zeros((40, 40), np.int16), AFFINE), folder / "flat_0000.nii.gz")
+    return folder
+
+
+def batch(cluster: Cluster, inputs: Path, outputs: Path, *extra: str, log_name: str) -> subprocess.Popen:
+    log = open(cluster.tmp / f"{log_name}.log", "wb")  # noqa: SIM115 - the child writes to it
+    with log:
+        return subprocess.Popen(
+            [str(BIN / "swinxseg"), "batch", str(inputs), str(outputs), "--queue", cluster.redis.url,
+             "--storage-dir", str(cluster.storage), "--no-progress", *extra],
+            cwd=REPO, env={k: v for k, v in cluster.env.items() if k != "SWINXSEG_QUEUE_URL"},
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def worker_runs(cluster: Cluster) -> list[tuple[str, str]]:
+    """(job id, worker) of every job a worker finished, from the workers' logs."""
+    runs = []
+    for name in cluster.workers:
+        text = (cluster.tmp / f"{name}.log").read_text(errors="replace")
+        runs += re.findall(r"job ([0-9a-f]{32}) (?:done|failed) on (\w+)", text)
+    return runs
+
+
+def mask_data(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_batch_on_the_queue_writes_what_a_local_batch_writes(cluster, tmp_path):
+    inputs = case_folder(tmp_path / "in", broken=True)
+    before = len(worker_runs(cluster))
+    proc = batch(cluster, inputs, tmp_path / "queued", log_name="batch-same")
+    assert proc.wait(timeout=240) == 1, (cluster.tmp / "batch-same.log").read_text()  # 1: some cases failed
+    log = (cluster.tmp / "batch-same.log").read_text()
+    assert "6 ok, 2 failed, 1 skipped" in log, log
+    assert {"w1", "w2"} == set(re.findall(r"ok on (w\d)", log)), log  # both workers took cases
+    assert len(worker_runs(cluster)) - before == 7  # the cases and the 2D one, not the broken gzip
+
+    settings = Settings(device="cpu", cpu_threads=1, work_dir=tmp_path / "work")
+    local = run_batch(inputs, tmp_path / "local", settings, segmenter=formula_segmenter(settings))
+    queued = json.loads((tmp_path / "queued" / "report.json").read_text())
+    expected = local.to_dict()
+    assert [(c["case"], c["status"], c["error_code"]) for c in queued["cases"]] == [
+        (c["case"], c["status"], c["error_code"]) for c in expected["cases"]]
+    assert queued["counts"] == expected["counts"] == {"ok": 6, "failed": 2, "skipped": 1}
+    for index, shape in enumerate(SHAPES):
+        mask = mask_data(tmp_path / "queued" / f"case{index}.nii.gz")
+        assert mask.shape == shape and mask.max() == 1
+        np.testing.assert_array_equal(mask, mask_data(tmp_path / "local" / f"case{index}.nii.gz"))
+        assert (tmp_path / "queued" / f"case{index}.nii.gz").stat().st_mode & 0o777 == 0o644
+    for name in ("broken", "flat"):
+        failed = next(c for c in queued["cases"] if c["case"] == name)
+        assert failed["error"] and failed["error_code"] not in {"", "internal_error"}, failed
+    with open(tmp_path / "queued" / "report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 9
+    assert all(float(row["total_s"]) > 0 for row in rows if row["status"] == "ok")
+    assert not [p for p in cluster.storage.iterdir() if not p.name.startswith(".")]  # the batch removed its jobs
+    assert not (tmp_path / "queued" / STATE_FILE).exists() or read_json(tmp_path / "queued" / STATE_FILE) == {}
+
+
+def test_a_killed_batch_started_again_sends_only_the_cases_without_a_mask(cluster, tmp_path):
+    inputs, outputs = case_folder(tmp_path / "in"), tmp_path / "out"
+    before = len(worker_runs(cluster))
+    first = batch(cluster, inputs, outputs, "--in-flight", "2", log_name="batch-killed")
+    wait_for(lambda: any(outputs.glob("case*.nii.gz")), timeout=120, what="the first mask")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    done_before = {p.name: p.stat().st_mtime_ns for p in outputs.glob("case*.nii.gz")}
+    out_on_cluster = read_json(outputs / STATE_FILE) or {}
+    assert len(done_before) < len(SHAPES) and out_on_cluster  # killed with jobs still out
+    for job_id in out_on_cluster.values():  # they finish with nobody waiting for them
+        wait_for(lambda job_id=job_id: (cluster.storage / job_id / RESULT_FILE).exists()
+                 or not (cluster.storage / job_id).exists(), timeout=120, what=f"job {job_id}")
+
+    second = batch(cluster, inputs, outputs, log_name="batch-again")
+    assert second.wait(timeout=240) == 0, (cluster.tmp / "batch-again.log").read_text()
+    report = json.loads((outputs / "report.json").read_text())
+    skipped = {c["case"] for c in report["cases"] if c["status"] == "skipped" and c["error_code"] != "not_a_case"}
+    assert skipped == {name.removesuffix(".nii.gz") for name in done_before}
+    assert report["counts"] == {"ok": len(SHAPES) - len(skipped), "failed": 0, "skipped": len(skipped) + 1}
+    assert {p.name: p.stat().st_mtime_ns for p in outputs.glob("case*.nii.gz") if p.name in done_before} == done_before
+    assert len(list(outputs.glob("case*.nii.gz"))) == len(SHAPES)
+    assert len(worker_runs(cluster)) - before == len(SHAPES)  # every case ran exactly once over both runs
+    assert not [p for p in cluster.storage.iterdir() if not p.name.startswith(".")]
