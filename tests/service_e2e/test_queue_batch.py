@@ -15,8 +15,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from api.apikit import AFFINE, ct_array
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from service_e2e.formula_app import formula_segmenter
 from service_e2e.queue_kit import Cluster, running_cluster
 from service_e2e.redis_kit import REDIS_SERVER
@@ -37,9 +40,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
 
 
+def dicom_series(folder: Path, hu: np.ndarray) -> None:
+    """``hu`` (rows, columns, slices) as an uncompressed CT series (pydicom), 1.5 mm pixels, 2.5 mm apart."""
+    folder.mkdir()
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for k in range(hu.shape[2]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientID, ds.Modality, ds.InstanceNumber = "SWX-QUEUE", "CT", k + 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.5 * k], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1.5, 1.5], 2.5
+        ds.Rows, ds.Columns = hu.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = np.ascontiguousarray(hu[:, :, k]).astype(np.int16).tobytes()
+        pydicom.dcmwrite(folder / f"slice{k:03d}.dcm", ds, enforce_file_format=True)
+
+
 def case_folder(folder: Path, *, broken: bool = False) -> Path:
     """Six FLARE-named CTs of different shapes, a note that is not a case and, with ``broken``,
-    a .nii.gz that is no gzip (refused before it is sent) and a 2D NIfTI (refused by the worker)."""
+    a DICOM series folder (sent as a zip), a .nii.gz that is no gzip (refused before it is
+    sent) and a 2D NIfTI (refused by the worker)."""
     folder.mkdir()
     for index, shape in enumerate(SHAPES):
         image = nib.Nifti1Image(ct_array(shape), AFFINE)
@@ -50,6 +76,7 @@ def case_folder(folder: Path, *, broken: bool = False) -> Path:
     if broken:
         (folder / "broken_0000.nii.gz").write_bytes(b"\x1f\x8b this is not a gzip stream")
         nib.save(nib.Nifti1Image(np.zeros((40, 40), np.int16), AFFINE), folder / "flat_0000.nii.gz")
+        dicom_series(folder / "series", ct_array((40, 40, 16)))
     return folder
 
 
@@ -83,9 +110,9 @@ def test_batch_on_the_queue_writes_what_a_local_batch_writes(cluster, tmp_path):
     proc = batch(cluster, inputs, tmp_path / "queued", log_name="batch-same")
     assert proc.wait(timeout=240) == 1, (cluster.tmp / "batch-same.log").read_text()  # 1: some cases failed
     log = (cluster.tmp / "batch-same.log").read_text()
-    assert "6 ok, 2 failed, 1 skipped" in log, log
+    assert "7 ok, 2 failed, 1 skipped" in log, log
     assert {"w1", "w2"} == set(re.findall(r"ok on (w\d)", log)), log  # both workers took cases
-    assert len(worker_runs(cluster)) - before == 7  # the cases and the 2D one, not the broken gzip
+    assert len(worker_runs(cluster)) - before == 8  # the cases and the 2D one, not the broken gzip
 
     settings = Settings(device="cpu", cpu_threads=1, work_dir=tmp_path / "work")
     local = run_batch(inputs, tmp_path / "local", settings, segmenter=formula_segmenter(settings))
@@ -93,18 +120,21 @@ def test_batch_on_the_queue_writes_what_a_local_batch_writes(cluster, tmp_path):
     expected = local.to_dict()
     assert [(c["case"], c["status"], c["error_code"]) for c in queued["cases"]] == [
         (c["case"], c["status"], c["error_code"]) for c in expected["cases"]]
-    assert queued["counts"] == expected["counts"] == {"ok": 6, "failed": 2, "skipped": 1}
+    assert queued["counts"] == expected["counts"] == {"ok": 7, "failed": 2, "skipped": 1}
     for index, shape in enumerate(SHAPES):
         mask = mask_data(tmp_path / "queued" / f"case{index}.nii.gz")
         assert mask.shape == shape and mask.max() == 1
         np.testing.assert_array_equal(mask, mask_data(tmp_path / "local" / f"case{index}.nii.gz"))
         assert (tmp_path / "queued" / f"case{index}.nii.gz").stat().st_mode & 0o777 == 0o644
+    series = mask_data(tmp_path / "queued" / "series.nii.gz")  # the DICOM series, zipped for the worker
+    assert series.shape == (40, 40, 16) and series.max() == 1
+    np.testing.assert_array_equal(series, mask_data(tmp_path / "local" / "series.nii.gz"))
     for name in ("broken", "flat"):
         failed = next(c for c in queued["cases"] if c["case"] == name)
         assert failed["error"] and failed["error_code"] not in {"", "internal_error"}, failed
     with open(tmp_path / "queued" / "report.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 9
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 10
     assert all(float(row["total_s"]) > 0 for row in rows if row["status"] == "ok")
     assert not [p for p in cluster.storage.iterdir() if not p.name.startswith(".")]  # the batch removed its jobs
     assert not (tmp_path / "queued" / STATE_FILE).exists() or read_json(tmp_path / "queued" / STATE_FILE) == {}
