@@ -81,7 +81,7 @@ COPY model_export/ model_export/
 COPY weights/ weights/
 COPY deploy/entrypoint.sh deploy/predict.sh deploy/healthcheck.py deploy/
 RUN pip install --no-deps --no-build-isolation -e . \
-    && mkdir -p /workspace/inputs /workspace/outputs \
+    && mkdir -p /workspace/inputs /workspace/outputs /workspace/jobs \
     && cp deploy/predict.sh /workspace/predict.sh \
     && chmod 0755 deploy/entrypoint.sh deploy/predict.sh /workspace/predict.sh \
     && chown -R "$APP_UID:$APP_UID" /workspace

@@ -42,10 +42,10 @@ class Cluster:
     def storage(self) -> Path:
         return Path(self.env["SWINXSEG_STORAGE_DIR"])
 
-    def start_worker(self, name: str) -> None:
+    def start_worker(self, name: str, *, metrics_port: int = 0) -> None:
         log_path = self.tmp / f"{name}.log"
         env = {**self.env, DELAY_ENV: str(self.window_delay_s), "SWINXSEG_SW_BATCH_SIZE": "1",
-               "SWINXSEG_WORKER_METRICS_PORT": "0", "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}
+               "SWINXSEG_WORKER_METRICS_PORT": str(metrics_port), "PYTHONPATH": f"{REPO / 'tests'}:{REPO}"}
         with open(log_path, "wb") as log:
             self.workers[name] = subprocess.Popen([sys.executable, "-m", "service_e2e.formula_worker", name],
                                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
