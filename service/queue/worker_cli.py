@@ -30,6 +30,8 @@ FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_flags(parser, FLAGS)
+    parser.add_argument("--name", help="this worker's name in job results and Celery (default: the host name); "
+                        "give each worker on one machine its own")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if not settings.queue_url or settings.storage_dir is None:
         raise SwinxsegError("swinxseg worker needs SWINXSEG_QUEUE_URL and SWINXSEG_STORAGE_DIR (or --queue-url "
                             "and --storage-dir): the same as the API's", code="invalid_settings")
-    return run_worker(settings, build_segmenter(settings))
+    return run_worker(settings, build_segmenter(settings), hostname=args.name)
 
 
 def run_worker(settings: Settings, segmenter, *, hostname: str | None = None) -> int:
