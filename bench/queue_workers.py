@@ -10,8 +10,9 @@ with a brighter core, 1 mm voxels) so every job costs the same.
 
 Columns: ``makespan s`` first submission to last result; ``jobs/min`` K over the makespan;
 ``x`` throughput over the first row's; ``queue wait s`` mean seconds from submission to a worker
-taking the job; ``per job s`` mean seconds a worker spent on one (read, segment, write); ``jobs per
-worker`` how they spread. On 2 cores with one thread per worker, two workers should give about 2x.
+taking the job; ``per job s`` mean seconds a worker spent on one (read, segment, write); ``CPU s
+per job`` the workers' user + system CPU seconds over the run divided by K (constant when a slower
+``per job s`` comes from sharing the cores, not from more work); ``jobs per worker`` how they spread. On 2 cores with one thread per worker, two workers should give about 2x.
 """
 
 from __future__ import annotations
@@ -102,6 +103,19 @@ def start_workers(count: int, env: dict[str, str], logs: Path) -> list[subproces
     return procs
 
 
+def cpu_seconds(procs: list[subprocess.Popen]) -> float:
+    """User + system CPU seconds the processes have used (Linux /proc; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in procs:
+        try:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         proc.terminate()
@@ -127,10 +141,12 @@ def run_config(workers: int, *, jobs: int, ct: Path, base_env: dict[str, str], t
                             storage_dir=storage)
         celery = make_celery(settings)
         meta = {"filename": ct.name, "media_type": "application/octet-stream", "want_preview": False, "overlap": None}
+        cpu_before = cpu_seconds(procs)
         ids = [submit_job(storage, celery, settings, place_input=lambda p: shutil.copyfile(ct, p), meta=meta)
                for _ in range(jobs)]
         _wait(lambda: all((storage / i / RESULT_FILE).exists() for i in ids), timeout=3600, what="the jobs",
               interval=0.1)
+        cpu_per_job = (cpu_seconds(procs) - cpu_before) / jobs
     finally:
         stop(procs)
     records = [(read_json(storage / i / JOB_FILE), read_json(storage / i / RESULT_FILE)) for i in ids]
@@ -145,18 +161,19 @@ def run_config(workers: int, *, jobs: int, ct: Path, base_env: dict[str, str], t
         "workers": workers, "jobs": jobs, "makespan_s": makespan, "jobs_per_min": 60 * jobs / makespan,
         "queue_wait_s": statistics.mean(r["started_at"] - m["created_at"] for m, r in records),
         "per_job_s": statistics.mean(r["finished_at"] - r["started_at"] for _, r in records),
-        "spread": sorted(spread.values(), reverse=True),
+        "cpu_per_job_s": cpu_per_job, "spread": sorted(spread.values(), reverse=True),
         "backend": records[0][1]["metrics"]["backend"], "windows": records[0][1]["metrics"]["windows_run"],
     }
 
 
 def table(rows: list[dict]) -> str:
-    header = "| workers | jobs | makespan s | jobs/min | x | queue wait s | per job s | jobs per worker |"
-    lines = [header, "| " + " | ".join("---" for _ in range(8)) + " |"]
+    header = "| workers | jobs | makespan s | jobs/min | x | queue wait s | per job s | CPU s per job | jobs per worker |"
+    lines = [header, "| " + " | ".join("---" for _ in range(9)) + " |"]
     base = rows[0]["jobs_per_min"]
     for row in rows:
         lines.append(f"| {row['workers']} | {row['jobs']} | {row['makespan_s']:.1f} | {row['jobs_per_min']:.1f} | "
                      f"{row['jobs_per_min'] / base:.2f} | {row['queue_wait_s']:.1f} | {row['per_job_s']:.2f} | "
+                     f"{row['cpu_per_job_s']:.2f} | "
                      f"{'/'.join(map(str, row['spread']))} |")
     return "\n".join(lines)
 

@@ -18,6 +18,6 @@ def test_one_and_two_workers_give_a_row_each(capsys):
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
     cells = [[cell.strip() for cell in row] for row in rows]
     assert [row[:2] for row in cells] == [["1", "2"], ["2", "2"]]
-    assert cells[0][4] == "1.00" and cells[0][7] == "2" and float(cells[1][4]) > 0
-    assert cells[1][7] in {"1/1", "2"}  # jobs per worker add up to the two jobs
+    assert cells[0][4] == "1.00" and cells[0][8] == "2" and float(cells[0][7]) > 0 and float(cells[1][4]) > 0
+    assert cells[1][8] in {"1/1", "2"}  # jobs per worker add up to the two jobs
     assert "1 windows of the model" in out and "1 thread per worker" in out
