@@ -51,7 +51,7 @@ def run_worker(settings: Settings, segmenter, *, hostname: str | None = None) ->
     """Warm ``segmenter`` up, then consume jobs until the worker is stopped (SIGTERM: the running
     case finishes first; SIGKILL: the job is delivered again, see :mod:`service.queue.celery_app`)."""
     from service.api.metrics import ServiceMetrics
-    from service.queue.celery_app import TASK_NAME, make_celery, redacted
+    from service.queue.celery_app import TASK_NAME, make_celery, redacted, restore_lost_jobs_periodically
     from service.queue.worker import WorkerContext, run_job
     from service.storage import storage_root
     from service.workdir import claim_work_dir
@@ -69,6 +69,7 @@ def run_worker(settings: Settings, segmenter, *, hostname: str | None = None) ->
     if hostname:
         context.name = hostname
     app = make_celery(settings)
+    restore_lost_jobs_periodically(app)
 
     @app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
     def segment_job(job_id: str) -> dict:
