@@ -82,11 +82,12 @@ class QueueJobStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def submit(
-        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
+        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
+        outputs: tuple[str, ...] = ("nifti",),
     ) -> Job:
         """Move the upload into shared storage and enqueue the job (503 when Redis is down)."""
         meta = {"filename": upload.filename, "media_type": upload.media_type,
-                "want_preview": want_preview, "overlap": overlap}
+                "want_preview": want_preview, "overlap": overlap, "outputs": list(outputs)}
         try:
             # shutil.move: the storage may be another volume than the spool folder.
             job_id = await run_blocking(submit_job, self.root, self.celery, self.settings, meta=meta,
@@ -103,13 +104,15 @@ class QueueJobStore:
                 raise GoneError(f"job {job_id} expired; results are kept {int(self.ttl_s)} s after they finish")
             raise NotFoundError(f"no job {job_id}")
         job = Job(id=job_id, folder=folder, filename=meta["filename"], media_type=meta["media_type"],
-                  want_preview=meta["want_preview"], created_at=meta["created_at"])
+                  want_preview=meta["want_preview"], created_at=meta["created_at"],
+                  outputs=tuple(meta.get("outputs") or ("nifti",)))
         running, result = read_json(folder / RUNNING_FILE), read_json(folder / RESULT_FILE)
         if running is not None:
             job.status, job.started_at = "running", running["started_at"]
         if result is not None:
             job.status, job.started_at, job.finished_at = result["status"], result["started_at"], result["finished_at"]
             job.metrics, job.warnings = result.get("metrics"), result.get("warnings") or []
+            job.statistics = result.get("statistics")
             job.error = tuple(result["error"]) if result.get("error") else None
         return job
 
