@@ -74,14 +74,12 @@ def run(args: argparse.Namespace) -> int:
 def _run_on_queue(args: argparse.Namespace, settings: Settings, outputs: tuple[str, ...]) -> int:
     from service.queue.batch import run_queue_batch
 
-    if outputs != ("nifti",):
-        print("swinxseg batch: --queue writes the NIfTI masks only (--output nifti)", file=sys.stderr)
-        return 2
     if args.in_flight < 1:
         print("swinxseg batch: --in-flight must be at least 1", file=sys.stderr)
         return 2
     report = run_queue_batch(args.input_dir, args.output_dir, settings, preview=args.preview, overlap=args.overlap,
-                             in_flight=args.in_flight, progress_bar=not args.no_progress and sys.stderr.isatty())
+                             in_flight=args.in_flight, progress_bar=not args.no_progress and sys.stderr.isatty(),
+                             outputs=outputs)
     return _summary(report, args.output_dir)
 
 

@@ -1,14 +1,15 @@
 """``swinxseg batch IN OUT --queue redis://...``: every case of a folder segmented by the cluster.
 
-The same cases, masks (``CASE.nii.gz``, ``CASE_preview.png``) and reports (``report.json``,
+The same cases, outputs (``CASE.nii.gz``, ``CASE_rtstruct.dcm``, ``CASE_seg.dcm``,
+``CASE_preview.png``) and reports (``report.json``,
 ``report.csv``, ``statistics.csv``) as a local batch (:mod:`service.batch`), but each case is a
 queue-mode job: its input is copied into the shared storage (a DICOM series folder is zipped)
 and its task sent through :func:`service.queue.submission.submit_job`, the API's own path, so any
 number of ``swinxseg worker`` processes share the folder. At most ``in_flight`` jobs are out at
 once (the storage holds that many inputs, not the whole folder).
 
-Resuming: a case whose mask already exists and reads as a mask is skipped, so a run started again
-after an interruption submits only the cases without one. The job id of every case out on the
+Resuming: a case whose outputs already exist (its mask reading as a mask) is skipped, so a run
+started again after an interruption submits only the cases without them. The job id of every case out on the
 cluster is kept in ``OUT/.swinxseg_queue_jobs.json``: a job that finished while no batch was
 waiting is collected, not run again; one still queued or running is withdrawn (its folder
 removed: the worker skips or stops it) and submitted anew, since its task may not have survived.
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
-from service.api.jobs import MASK_NAME, PREVIEW_NAME
+from service.api.job_results import OUTPUT_FILES
+from service.api.jobs import PREVIEW_NAME
 from service.batch import (
     BatchReport,
     CaseReport,
@@ -43,6 +45,7 @@ from service.io.cases import case_name_for
 from service.io.readers import check_upload_header
 from service.io.writers import OUTPUT_FILE_MODE
 from service.metrics_types import CaseMetrics
+from service.outputs.selection import DEFAULT_OUTPUTS, SUFFIXES
 from service.queue.celery_app import make_celery, redacted
 from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
 from service.queue.submission import submit_job
@@ -68,6 +71,7 @@ class _QueueRun:
     output_dir: Path
     preview: bool
     overlap: float | None
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     root: Path = field(init=False)
     celery: object = field(init=False)
     jobs: dict[str, str] = field(init=False)  # case name -> job id, as in STATE_FILE
@@ -90,7 +94,7 @@ class _QueueRun:
             check_upload_header(case.path, filename=case.path.name)  # e.g. an .mhd whose data is another file
             place, filename, media_type = partial(shutil.copyfile, case.path), case.path.name, "application/octet-stream"
         meta = {"filename": filename, "media_type": media_type, "want_preview": self.preview, "overlap": self.overlap,
-                "submitted_by": "swinxseg batch"}
+                "outputs": list(self.outputs), "submitted_by": "swinxseg batch"}
         job_id = submit_job(self.root, self.celery, self.settings, place_input=place, meta=meta)
         self.jobs[case.report.case] = job_id
         self.save()
@@ -125,16 +129,41 @@ class _QueueRun:
             if result["status"] != "done":
                 code, message = result.get("error") or ("internal_error", "the job failed without a reason")
                 raise SwinxsegError(message, code=code)
-            copy_output(folder / MASK_NAME, case.out_path)
+            report.outputs = {}
+            for kind in self.outputs:  # named as a local batch names them: CASE.nii.gz, CASE_rtstruct.dcm, ...
+                target = output_file(case.out_path, kind)
+                copy_output(folder / OUTPUT_FILES[kind], target)
+                report.outputs[kind] = str(target)
             if self.preview:
                 copy_output(folder / PREVIEW_NAME, self.output_dir / f"{report.case}_preview.png")
-            report.status, report.output, report.outputs = "ok", str(case.out_path), {"nifti": str(case.out_path)}
+            report.status, report.output = "ok", report.outputs.get("nifti", "")
             log.info("case %s: ok on %s in %.2f s", report.case, result.get("worker", "?"), report.metrics.total_seconds)
         except SwinxsegError as exc:
             _fail(report, exc)
         shutil.rmtree(folder, ignore_errors=True)  # the batch owns its jobs: nothing waits for expiry
         self.jobs.pop(report.case, None)
         self.save()
+
+
+def output_file(mask_path: Path, kind: str) -> Path:
+    """The file of output ``kind`` beside the case's mask path (``CASE.nii.gz`` -> ``CASE_seg.dcm``)."""
+    return mask_path.with_name(mask_path.name.removesuffix(SUFFIXES["nifti"]) + SUFFIXES[kind])
+
+
+def _existing_problem(case_path: Path, out_path: Path, outputs: tuple[str, ...]) -> str | None:
+    """Why the case's outputs from an earlier run cannot stand (None: they can); ``"absent"`` when
+    none of them is there. The mask must read as a mask; a DICOM output must exist."""
+    if not any(output_file(out_path, kind).exists() for kind in outputs):
+        return "absent"
+    for kind in outputs:
+        path = output_file(out_path, kind)
+        if kind == "nifti":
+            problem = existing_mask_problem(path, case_path) if path.exists() else "no mask"
+            if problem is not None:
+                return problem
+        elif not path.is_file():
+            return f"no {path.name}"
+    return None
 
 
 def copy_output(source: Path, target: Path) -> None:
@@ -166,8 +195,8 @@ def _zip_series(folder: Path, target: Path) -> None:
                 archive.write(path, path.relative_to(folder).as_posix())
 
 
-def _plan(input_dir: Path, output_dir: Path, report: BatchReport) -> list[_Case]:
-    """The cases to send: every case of the folder but those that already have a usable mask
+def _plan(input_dir: Path, output_dir: Path, report: BatchReport, outputs: tuple[str, ...]) -> list[_Case]:
+    """The cases to send: every case of the folder but those that already have their outputs
     (skipped, as a local ``--skip-existing``) or whose mask name another case takes (failed)."""
     listing = scan_input_folder(input_dir)
     report.cases.extend(_not_a_case(entry, reason) for entry, reason in listing.skipped)
@@ -180,13 +209,13 @@ def _plan(input_dir: Path, output_dir: Path, report: BatchReport) -> list[_Case]
                 f"another input already produces {out_path.name}; rename one of them", code="duplicate_case_name")))
             continue
         claimed.add(out_path.name)
-        problem = existing_mask_problem(out_path, path) if out_path.exists() else "absent"
+        problem = _existing_problem(path, out_path, outputs)
         if problem is None:
             case.status, case.error = "skipped", "output exists and is a readable mask"
             report.cases.append(case)
             continue
         if problem != "absent":
-            log.warning("case %s: existing %s is not a usable mask (%s); segmenting again", case.case, out_path.name,
+            log.warning("case %s: the outputs of an earlier run cannot stand (%s); segmenting again", case.case,
                         problem)
         todo.append(_Case(report=case, path=path, out_path=out_path))
     return todo
@@ -217,9 +246,10 @@ class Progress:
 
 def run_queue_batch(input_dir: Path, output_dir: Path, settings: Settings, *, preview: bool = False,
                     overlap: float | None = None, in_flight: int = 32, progress_bar: bool = False,
-                    poll_s: float = 0.5) -> BatchReport:
+                    outputs: tuple[str, ...] = DEFAULT_OUTPUTS, poll_s: float = 0.5) -> BatchReport:
     """Segment every case in ``input_dir`` on the queue-mode cluster at ``settings.queue_url``
     (workers reading ``settings.storage_dir``) into ``output_dir``; a bad case fails alone.
+    ``outputs``: as :func:`service.batch.run_batch` (``nifti``, ``rtstruct``, ``seg``).
 
     Raises:
         InvalidInputError: ``input_dir`` is not a folder.
@@ -236,8 +266,8 @@ def run_queue_batch(input_dir: Path, output_dir: Path, settings: Settings, *, pr
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     report = BatchReport(str(input_dir), str(output_dir), f"queue-mode workers at {redacted(settings.queue_url)}")
-    todo = _plan(input_dir, output_dir, report)
-    run = _QueueRun(settings=settings, output_dir=output_dir, preview=preview, overlap=overlap)
+    todo = _plan(input_dir, output_dir, report, outputs)
+    run = _QueueRun(settings=settings, output_dir=output_dir, preview=preview, overlap=overlap, outputs=outputs)
     log.info("batch: %d case(s) from %s to the queue %s (%d already have a mask)", len(todo), input_dir,
              redacted(settings.queue_url), sum(c.status == "skipped" and c.error_code != "not_a_case"
                                                for c in report.cases))

@@ -164,3 +164,30 @@ def test_a_killed_batch_started_again_sends_only_the_cases_without_a_mask(cluste
     assert len(list(outputs.glob("case*.nii.gz"))) == len(SHAPES)
     assert len(worker_runs(cluster)) - before == len(SHAPES)  # every case ran exactly once over both runs
     assert not [p for p in cluster.storage.iterdir() if not p.name.startswith(".")]
+
+
+def test_dicom_outputs_on_the_queue_match_a_local_batch(cluster, tmp_path):
+    """``--output nifti,rtstruct``: the series gets CASE.nii.gz and CASE_rtstruct.dcm from the
+    worker; a NIfTI case fails as locally (an RT Structure Set needs a DICOM source series)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    dicom_series(inputs / "series", ct_array((40, 40, 16)))
+    image = nib.Nifti1Image(ct_array((40, 40, 24)), AFFINE)
+    nib.save(image, inputs / "plain_0000.nii.gz")
+    proc = batch(cluster, inputs, tmp_path / "queued", "--output", "nifti,rtstruct", log_name="batch-dicom")
+    assert proc.wait(timeout=240) == 1, (cluster.tmp / "batch-dicom.log").read_text()
+
+    settings = Settings(device="cpu", cpu_threads=1, work_dir=tmp_path / "work")
+    local = run_batch(inputs, tmp_path / "local", settings, segmenter=formula_segmenter(settings),
+                      outputs=("nifti", "rtstruct"))
+    queued = json.loads((tmp_path / "queued" / "report.json").read_text())
+    assert [(c["case"], c["status"], c["error_code"]) for c in queued["cases"]] == [
+        (c.case, c.status, c.error_code) for c in local.cases]
+    assert [c["status"] for c in queued["cases"]] == ["failed", "ok"]  # plain, series
+    series = next(c for c in queued["cases"] if c["case"] == "series")
+    assert set(series["outputs"]) == {"nifti", "rtstruct"}
+    rtstruct = pydicom.dcmread(tmp_path / "queued" / "series_rtstruct.dcm")
+    assert rtstruct.Modality == "RTSTRUCT" and len(rtstruct.ROIContourSequence) >= 1
+    local_series = json.loads((tmp_path / "local" / "report.json").read_text())["cases"][1]
+    assert series["statistics"] and series["statistics"] == local_series["statistics"]  # from the worker
+    assert not (tmp_path / "queued" / "plain.nii.gz").exists()  # a failed case writes nothing
