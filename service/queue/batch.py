@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
+from service.api.errors import QueueUnavailableError
 from service.api.job_results import OUTPUT_FILES
 from service.api.jobs import PREVIEW_NAME
 from service.batch import (
@@ -79,8 +80,19 @@ class _QueueRun:
     def __post_init__(self) -> None:
         self.root = storage_root(self.settings)
         self.celery = make_celery(self.settings)
+        self._check_broker()
         saved = read_json(self.output_dir / STATE_FILE) or {}
         self.jobs = {case: job for case, job in saved.items() if isinstance(job, str) and is_job_id(job)}
+
+    def _check_broker(self) -> None:
+        """Fail at once, before any case is copied, when Redis does not answer."""
+        try:
+            with self.celery.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=3)
+                connection.default_channel.client.ping()
+        except Exception as exc:  # kombu/redis raise many types for "not reachable"
+            raise QueueUnavailableError(
+                f"the job queue {redacted(self.settings.queue_url or '')} is unreachable: {exc}") from None
 
     def save(self) -> None:
         write_json(self.output_dir / STATE_FILE, self.jobs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from service_e2e.formula_app import formula_segmenter
 from service_e2e.queue_kit import Cluster, running_cluster
 from service_e2e.redis_kit import REDIS_SERVER
-from service_e2e.serverkit import BIN, REPO, wait_for
+from service_e2e.serverkit import BIN, REPO, free_port, wait_for
 
 from service.batch import CSV_COLUMNS, run_batch
 from service.queue.batch import STATE_FILE
@@ -191,3 +192,18 @@ def test_dicom_outputs_on_the_queue_match_a_local_batch(cluster, tmp_path):
     local_series = json.loads((tmp_path / "local" / "report.json").read_text())["cases"][1]
     assert series["statistics"] and series["statistics"] == local_series["statistics"]  # from the worker
     assert not (tmp_path / "queued" / "plain.nii.gz").exists()  # a failed case writes nothing
+
+
+def test_an_unreachable_queue_stops_the_batch_before_anything_is_copied(tmp_path):
+    inputs = case_folder(tmp_path / "in")
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = subprocess.run(
+        [str(BIN / "swinxseg"), "batch", str(inputs), str(tmp_path / "out"), "--queue", dead,
+         "--storage-dir", str(tmp_path / "storage"), "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SWINXSEG_")},
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"the job queue {dead} is unreachable" in result.stderr
+    assert not [p for p in (tmp_path / "storage").iterdir() if not p.name.startswith(".")]
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
