@@ -1,18 +1,19 @@
 """``swinxseg batch IN OUT --queue redis://...``: every case of a folder segmented by the cluster.
 
 The same cases, outputs (``CASE.nii.gz``, ``CASE_rtstruct.dcm``, ``CASE_seg.dcm``,
-``CASE_preview.png``) and reports (``report.json``,
-``report.csv``, ``statistics.csv``) as a local batch (:mod:`service.batch`), but each case is a
-queue-mode job: its input is copied into the shared storage (a DICOM series folder is zipped)
-and its task sent through :func:`service.queue.submission.submit_job`, the API's own path, so any
-number of ``swinxseg worker`` processes share the folder. At most ``in_flight`` jobs are out at
-once (the storage holds that many inputs, not the whole folder).
+``CASE_preview.png``) and reports (``report.json``, ``report.csv``, ``statistics.csv``) as a local
+batch (:mod:`service.batch`), but each case is a queue-mode job: its input is copied into the
+shared storage (a DICOM series folder is zipped) and its task sent through
+:func:`service.queue.submission.submit_job`, the API's own path, so any number of ``swinxseg
+worker`` processes share the folder. At most ``in_flight`` jobs are out at once (the storage
+holds that many inputs, not the whole folder).
 
 Resuming: a case whose outputs already exist (its mask reading as a mask) is skipped, so a run
-started again after an interruption submits only the cases without them. The job id of every case out on the
-cluster is kept in ``OUT/.swinxseg_queue_jobs.json``: a job that finished while no batch was
-waiting is collected, not run again; one still queued or running is withdrawn (its folder
-removed: the worker skips or stops it) and submitted anew, since its task may not have survived.
+started again after an interruption submits only the cases without them. The job id of every
+case out on the cluster is kept in ``OUT/.swinxseg_queue_jobs.json``: a job that finished while
+no batch was waiting is collected, not run again; one still queued or running is withdrawn (its
+folder removed: the worker skips or stops it) and submitted anew, since its task may not have
+survived.
 """
 
 from __future__ import annotations
