@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = ".swinxseg_queue_jobs.json"  # {case name: job id} of the jobs out on the cluster
 _METRIC_FIELDS = {f.name for f in fields(CaseMetrics)}
+_QUIET_WARNING_S = 300.0  # a warning when no case has finished for this long (no worker running?)
 
 
 @dataclass
@@ -317,6 +318,7 @@ def _drive(run: _QueueRun, todo: list[_Case], finished: list[CaseReport], report
         else:
             run.withdraw(case.report.case)
             waiting.append(case)
+    last_change = time.monotonic()
     if active:
         log.info("batch: %d job(s) of an earlier run finished meanwhile: collected, not sent again", len(active))
     while waiting or active:
@@ -338,7 +340,11 @@ def _drive(run: _QueueRun, todo: list[_Case], finished: list[CaseReport], report
             write_report(BatchReport(report.input_dir, report.output_dir, report.model,
                                      _in_input_order([*report.cases, *finished]), report.total_seconds), run.output_dir)
         if done:
-            running = run.running(active)
+            running, last_change = run.running(active), time.monotonic()
             progress.update(len(done), running=running, queued=len(waiting) + len(active) - running)
         else:
+            if time.monotonic() - last_change > _QUIET_WARNING_S:
+                running, last_change = run.running(active), time.monotonic()
+                log.warning("batch: no case finished for %.0f s: %d running, %d queued (are workers consuming "
+                            "queue %s?)", _QUIET_WARNING_S, running, len(active) - running, run.settings.queue_name)
             time.sleep(poll_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import signal
@@ -207,3 +208,29 @@ def test_an_unreachable_queue_stops_the_batch_before_anything_is_copied(tmp_path
     assert f"the job queue {dead} is unreachable" in result.stderr
     assert not [p for p in (tmp_path / "storage").iterdir() if not p.name.startswith(".")]
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_a_batch_before_any_worker_warns_then_finishes_when_one_starts(tmp_path, caplog, monkeypatch):
+    import threading
+
+    import service.queue.batch as queue_batch
+
+    monkeypatch.setattr(queue_batch, "_QUIET_WARNING_S", 1.0)
+    caplog.set_level(logging.WARNING, logger="service.queue.batch")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(ct_array((40, 40, 24)), AFFINE), inputs / "only_0000.nii.gz")
+    with running_cluster(tmp_path / "cluster", workers=()) as idle:
+        settings = Settings(queue_url=idle.redis.url, storage_dir=idle.storage)
+        reports = []
+        thread = threading.Thread(target=lambda: reports.append(
+            queue_batch.run_queue_batch(inputs, tmp_path / "out", settings, poll_s=0.1)))
+        thread.start()
+        wait_for(lambda: any("no case finished" in r.getMessage() for r in caplog.records), timeout=30,
+                 what="the warning")
+        assert "1 queued" in next(r.getMessage() for r in caplog.records if "no case finished" in r.getMessage())
+        idle.start_worker("late")
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    assert reports[0].to_dict()["counts"] == {"ok": 1, "failed": 0, "skipped": 0}
+    assert mask_data(tmp_path / "out" / "only.nii.gz").shape == (40, 40, 24)
