@@ -3,7 +3,8 @@
 A job owns ``<storage>/<id>/`` (:func:`service.storage.storage_root`, outside the per-process
 work folder so that it survives a restart): the upload while it waits (``input.bin``, decoded
 only once the job holds the inference slot, so a queue of jobs costs disk, not memory), then its
-named result files (``mask.nii.gz``, ``preview.png``). Its record (status, times, metrics,
+named result files (``mask.nii.gz``, ``preview.png``, and ``image.nii.gz``, the CT itself for the
+web page's viewer, when submitted with ``image=true``). Its record (status, times, metrics,
 warnings, error) lives in SQLite beside the folders (:mod:`service.api.job_records`), so after a
 restart finished jobs still answer with their results until they expire, and jobs that were
 queued or running are marked failed with the reason (``interrupted``: their process is gone;
@@ -32,6 +33,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from service.api.cases import (
     SegmenterLike,
     decode_upload,
@@ -49,6 +52,8 @@ from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
+from service.io.writers import write_ct
+from service.progress import Progress
 from service.settings import Settings
 from service.storage import is_job_id
 from service.volume import Volume
@@ -58,6 +63,7 @@ log = logging.getLogger(__name__)
 
 _REMEMBER_EXPIRED = 10_000  # ids answered with 410 after expiry; older ones fall back to 404
 MASK_NAME, PREVIEW_NAME, INPUT_NAME = "mask.nii.gz", "preview.png", "input.bin"
+IMAGE_NAME = "image.nii.gz"  # the input CT as int16 NIfTI on the mask's grid (image=true)
 INTERRUPTED_CODE = "interrupted"
 INTERRUPTED_DETAIL = "interrupted by a restart: the server stopped before the job finished; submit it again"
 
@@ -83,6 +89,9 @@ class Job:
     task: asyncio.Task | None = field(default=None, repr=False)
     # Set by DELETE (and shutdown): the worker thread polls it between window batches.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    want_image: bool = False  # write image.nii.gz (not in the record: the file says it was)
+    # Live while queued or running (this process); a finished job's is derived from its record.
+    progress: Progress = field(default_factory=Progress, repr=False)
 
     @property
     def mask_path(self) -> Path:
@@ -95,6 +104,17 @@ class Job:
     @property
     def input_path(self) -> Path:
         return self.folder / INPUT_NAME
+
+    @property
+    def image_path(self) -> Path:
+        return self.folder / IMAGE_NAME
+
+    def progress_view(self) -> dict | None:
+        """The ``progress`` of the job status: live while it runs, complete once done, None when it failed."""
+        if self.status == "done":
+            windows = int((self.metrics or {}).get("windows_run") or 0)
+            return {"stage": "done", "windows_done": windows, "windows_total": windows}
+        return None if self.status == "failed" else self.progress.as_dict()
 
     def record(self, owner: str) -> dict:
         """The row :class:`JobRecords` keeps (everything but the live task)."""
@@ -167,7 +187,8 @@ class JobStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def submit(
-        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
+        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
+        want_image: bool = False,
     ) -> Job:
         """Store the upload in the job's folder and start its worker task."""
         job_id = uuid.uuid4().hex
@@ -180,6 +201,7 @@ class JobStore:
             media_type=upload.media_type,
             want_preview=want_preview,
             created_at=self.clock(),
+            want_image=want_image,
         )
         try:
             # A queued job waits as a file (the spool file, moved), decoded only in the slot.
@@ -191,6 +213,14 @@ class JobStore:
         self._jobs[job_id] = job
         job.task = asyncio.create_task(self._run(job, ticket, context, overlap), name=f"job-{job_id}")
         return job
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job to run, 2 for the one after...: this server's queued jobs submitted
+        before it, plus one; None unless queued. (A synchronous request may still go first.)"""
+        if job.status != "queued":
+            return None
+        return 1 + sum(1 for other in self._jobs.values()
+                       if other.status == "queued" and other.created_at < job.created_at)
 
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
@@ -261,6 +291,7 @@ class JobStore:
     # ------------------------------------------------------------------ worker
     @staticmethod
     def _load_input(job: Job, context: JobContext) -> Volume:
+        job.progress.update("reading")
         upload = Upload(path=job.input_path, filename=job.filename, media_type=job.media_type)
         volume = decode_upload(upload, settings=context.settings, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
@@ -296,11 +327,15 @@ class JobStore:
             load_in_slot=True,
             on_running=lambda: self._start(job),
             should_stop=job.cancel.is_set,
+            progress=job.progress,
         )
         if job.cancel.is_set():
             return
+        job.progress.update("writing")
         mask = await run_blocking(encode_mask, outcome)
         await run_blocking(job.mask_path.write_bytes, mask)
+        if job.want_image:
+            await run_blocking(write_viewer_image, outcome.ct, job.image_path)
         if job.want_preview:
             await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
         context.metrics.observe_case(
@@ -326,6 +361,15 @@ class JobStore:
         job.finished_at = self.clock()
         self._jobs.pop(job.id, None)
         self._save(job)
+
+
+def write_viewer_image(ct: Volume, path: Path) -> None:
+    """The CT as int16 NIfTI (HU, clipped to the int16 range: it is for display) on the CT's own
+    affine, which is the mask's: a viewer lays the mask over it voxel for voxel."""
+    voxels = np.asarray(ct.array)
+    if voxels.dtype != np.int16:
+        voxels = np.clip(np.rint(voxels), -32768, 32767).astype(np.int16)
+    write_ct(ct.with_array(voxels), path)
 
 
 async def reap_periodically(reap: Callable[[], list[str]], ttl_s: float) -> None:

@@ -1,4 +1,4 @@
-"""The jobs API: submit a CT (202), poll it, fetch the mask and preview, delete it (204)."""
+"""The jobs API: submit a CT (202), poll it, fetch the mask, preview and CT image, delete it (204)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from service.api.deps import JobsDep, JobSegmenterDep, RuntimeDep, require_api_k
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
-from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobView
+from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobProgress, JobView
 from service.api.uploads import case_name_of
 from service.io.readers import check_upload_header
 
@@ -43,8 +43,19 @@ def job_view(job: Job, store: JobStore, request: Request) -> JobView:
         metrics=job.metrics,
         warnings=job.warnings,
         error=JobError(error=job.error[0], detail=job.error[1]) if job.error else None,
-        links=JobLinks(self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview")),
+        progress=_progress(job, store),
+        links=JobLinks(self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview"),
+                       image=link("get_job_image")),
     )
+
+
+def _progress(job: Job, store: JobStore) -> JobProgress | None:
+    view = job.progress_view()
+    if view is None:
+        return None
+    if view["stage"] == "queued":
+        view["queue_position"] = store.queue_position(job)
+    return JobProgress(**view)
 
 
 def _done(job: Job) -> Job:
@@ -69,6 +80,7 @@ async def submit_job(
     segmenter: JobSegmenterDep,
     overlap: OverlapQuery = None,
     preview: Annotated[bool, Query(description="also render preview.png when done")] = True,
+    image: Annotated[bool, Query(description="also keep the CT as image.nii.gz (for the web page's viewer)")] = False,
     filename: FilenameQuery = None,
     x_filename: FilenameHeader = None,
 ) -> JSONResponse:
@@ -87,7 +99,8 @@ async def submit_job(
     try:
         # Refuse what can be refused without decoding (format, external data) now, not in the slot.
         await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
-        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview)
+        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview,
+                                       want_image=image)
     except BaseException:
         ticket.close()  # the job task never started, so the queue place is still ours
         upload.discard()
@@ -126,6 +139,25 @@ async def get_job_preview(job_id: JobId, jobs: JobsDep) -> FileResponse:
         raise NotFoundError(f"job {job.id} was submitted with preview=false")
     return FileResponse(
         job.preview_path, media_type="image/png", filename=f"{case_name_of(job.filename)}_preview.png"
+    )
+
+
+@router.get(
+    "/{job_id}/image.nii.gz",
+    name="get_job_image",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the input CT as int16 NIfTI"},
+               **_JOB_ERRORS},
+)
+async def get_job_image(job_id: JobId, jobs: JobsDep) -> FileResponse:
+    """The CT the job segmented, as NIfTI (HU, int16) with the mask's affine, whatever the upload's
+    format (a DICOM series too), so a viewer can show the mask over it. Only for jobs submitted
+    with ``image=true`` (the web page does); 404 otherwise."""
+    job = _done(jobs.get(job_id))
+    if not job.image_path.is_file():
+        raise NotFoundError(f"job {job.id} was submitted without image=true: it kept no CT image")
+    return FileResponse(
+        job.image_path, media_type="application/gzip", filename=f"{case_name_of(job.filename)}_image.nii.gz"
     )
 
 

@@ -55,6 +55,18 @@ class JobLinks(BaseModel):
     self: str
     mask: str
     preview: str
+    image: str = Field(description="the input CT as NIfTI on the mask's grid (jobs submitted with image=true)")
+
+
+class JobProgress(BaseModel):
+    stage: Literal["queued", "reading", "preprocessing", "inference", "writing", "done"] = Field(
+        description="queued -> reading (decoding the upload) -> preprocessing -> inference -> writing -> done"
+    )
+    windows_done: int = Field(description="sliding windows run so far (0 before inference)")
+    windows_total: int = Field(description="sliding windows to run (known once inference starts; 0 before)")
+    queue_position: int | None = Field(
+        None, description="while queued: 1 = next to run (embedded mode; queue mode: place on the job queue)"
+    )
 
 
 class JobView(BaseModel):
@@ -70,6 +82,9 @@ class JobView(BaseModel):
         default_factory=list, description="the input's warnings, once it is decoded (docs/SERVICE.md lists the codes)"
     )
     error: JobError | None = None
+    progress: JobProgress | None = Field(
+        None, description="stage and windows done of windows to run; null once the job failed"
+    )
     links: JobLinks
 
 

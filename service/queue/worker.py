@@ -15,7 +15,7 @@ from pathlib import Path
 
 from service.api.cases import SegmenterLike
 from service.api.errors import INTERNAL_ERROR_CODE
-from service.api.jobs import INPUT_NAME, MASK_NAME, PREVIEW_NAME
+from service.api.jobs import IMAGE_NAME, INPUT_NAME, MASK_NAME, PREVIEW_NAME, write_viewer_image
 from service.api.metrics import ServiceMetrics
 from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
@@ -23,7 +23,16 @@ from service.errors import SwinxsegError
 from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
 from service.io.writers import mask_to_nifti_bytes
-from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_atomic, write_json
+from service.progress import Progress
+from service.queue.job_files import (
+    JOB_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    RUNNING_FILE,
+    read_json,
+    write_atomic,
+    write_json,
+)
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -76,14 +85,20 @@ def run_job(job_id: str, context: WorkerContext) -> dict:
 def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: float) -> dict:
     settings = context.settings
     began = time.perf_counter()
+    progress = Progress("reading", on_change=_ProgressFile(folder / PROGRESS_FILE))
+    progress.update("reading")
     upload = Upload(path=folder / INPUT_NAME, filename=meta["filename"], media_type=meta["media_type"])
     volume = read_volume_upload(
         upload.path, filename=upload.reader_filename, max_voxels=settings.max_input_voxels,
         work_dir=context.work_dir, max_zip_members=settings.max_zip_members,
     )
     volume = screen_input(volume, refuse=settings.refuse_warnings)
-    outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir())
+    outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir(),
+                                        progress=progress)
+    progress.update("writing")
     write_atomic(folder / MASK_NAME, mask_to_nifti_bytes(outcome.mask))
+    if meta.get("want_image"):
+        write_viewer_image(volume, folder / IMAGE_NAME)
     if meta.get("want_preview"):
         from service.preview import render_preview  # matplotlib: only when a preview is wanted
 
@@ -92,3 +107,27 @@ def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: floa
         scratch.replace(folder / PREVIEW_NAME)
     context.metrics.observe_case(outcome.metrics, case_seconds=time.perf_counter() - began, queue_seconds=queued_s)
     return {"status": "done", "metrics": outcome.metrics.to_dict(), "warnings": as_dicts(warnings_of(volume))}
+
+
+class _ProgressFile:
+    """Writes a job's progress to ``progress.json`` for the API to read: each stage change, and
+    window counts at most every ``interval_s`` (a batch of windows can take milliseconds)."""
+
+    def __init__(self, path: Path, *, interval_s: float = 0.5) -> None:
+        self.path, self.interval_s = path, interval_s
+        self._last: tuple[str, float] | None = None
+
+    def __call__(self, snapshot: dict) -> None:
+        now = time.monotonic()
+        stage = snapshot["stage"]
+        finished_inference = stage == "inference" and snapshot["windows_done"] == snapshot["windows_total"]
+        if self._last is not None and self._last[0] == stage and not finished_inference \
+                and now - self._last[1] < self.interval_s:
+            return
+        if not self.path.parent.is_dir():
+            return  # deleted meanwhile: the case stops at its next window batch
+        self._last = (stage, now)
+        try:
+            write_json(self.path, snapshot)
+        except FileNotFoundError:
+            pass  # the folder went between the check and the write (DELETE)
