@@ -3,8 +3,7 @@
 A job owns ``<storage>/<id>/`` (:func:`service.storage.storage_root`, outside the per-process
 work folder so that it survives a restart): the upload while it waits (``input.bin``, decoded
 only once the job holds the inference slot, so a queue of jobs costs disk, not memory), then its
-named result files (``mask.nii.gz``, ``preview.png``, and ``image.nii.gz``, the CT itself for the
-web page's viewer, when submitted with ``image=true``). Its record (status, times, metrics,
+named result files (``mask.nii.gz``, ``preview.png``, ``image.nii.gz`` for the web page). Its record (status, times, metrics,
 warnings, error) lives in SQLite beside the folders (:mod:`service.api.job_records`), so after a
 restart finished jobs still answer with their results until they expire, and jobs that were
 queued or running are marked failed with the reason (``interrupted``: their process is gone;
@@ -33,26 +32,18 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
-from service.api.cases import (
-    SegmenterLike,
-    decode_upload,
-    encode_mask,
-    render_preview_png,
-    run_blocking,
-    segment_case,
-)
+from service.api.cases import SegmenterLike, decode_upload, run_blocking, segment_case
 from service.api.errors import INTERNAL_ERROR_CODE, GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
 from service.api.job_records import JobRecords
+from service.api.job_results import IMAGE_NAME, MASK_NAME, OUTPUT_FILES, PREVIEW_NAME, write_job_results
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
 from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
-from service.io.writers import write_ct
+from service.outputs.selection import check_outputs_possible
 from service.progress import Progress
 from service.settings import Settings
 from service.storage import is_job_id
@@ -62,8 +53,7 @@ from service.workdir import is_alive
 log = logging.getLogger(__name__)
 
 _REMEMBER_EXPIRED = 10_000  # ids answered with 410 after expiry; older ones fall back to 404
-MASK_NAME, PREVIEW_NAME, INPUT_NAME = "mask.nii.gz", "preview.png", "input.bin"
-IMAGE_NAME = "image.nii.gz"  # the input CT as int16 NIfTI on the mask's grid (image=true)
+INPUT_NAME = "input.bin"
 INTERRUPTED_CODE = "interrupted"
 INTERRUPTED_DETAIL = "interrupted by a restart: the server stopped before the job finished; submit it again"
 
@@ -86,10 +76,12 @@ class Job:
     metrics: dict | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)  # the input's, once decoded
     error: tuple[str, str] | None = None  # (code, detail)
+    outputs: tuple[str, ...] = ("nifti",)  # the output kinds asked for (service.outputs.selection)
+    statistics: list[dict] | None = None  # per-label OrganStatistics of a done job
     task: asyncio.Task | None = field(default=None, repr=False)
     # Set by DELETE (and shutdown): the worker thread polls it between window batches.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    want_image: bool = False  # write image.nii.gz (not in the record: the file says it was)
+    want_image: bool = False  # keep image.nii.gz (not in the record: the file says it was)
     # Live while queued or running (this process); a finished job's is derived from its record.
     progress: Progress = field(default_factory=Progress, repr=False)
 
@@ -104,6 +96,9 @@ class Job:
     @property
     def input_path(self) -> Path:
         return self.folder / INPUT_NAME
+
+    def output_path(self, kind: str) -> Path:
+        return self.folder / OUTPUT_FILES[kind]
 
     @property
     def image_path(self) -> Path:
@@ -124,6 +119,7 @@ class Job:
             "want_preview": int(self.want_preview), "created_at": self.created_at, "status": self.status,
             "started_at": self.started_at, "finished_at": self.finished_at, "metrics": self.metrics,
             "warnings": self.warnings, "error_code": code, "error_detail": detail,
+            "outputs": list(self.outputs), "statistics": self.statistics,
         }
 
     @classmethod
@@ -133,7 +129,7 @@ class Job:
             id=row["id"], folder=root / row["id"], filename=row["filename"], media_type=row["media_type"],
             want_preview=bool(row["want_preview"]), created_at=row["created_at"], status=row["status"],
             started_at=row["started_at"], finished_at=row["finished_at"], metrics=row["metrics"],
-            warnings=row["warnings"], error=error,
+            warnings=row["warnings"], error=error, outputs=tuple(row["outputs"]), statistics=row["statistics"],
         )
 
 
@@ -188,7 +184,7 @@ class JobStore:
     # ------------------------------------------------------------------ lifecycle
     async def submit(
         self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
-        want_image: bool = False,
+        outputs: tuple[str, ...] = ("nifti",), want_image: bool = False,
     ) -> Job:
         """Store the upload in the job's folder and start its worker task."""
         job_id = uuid.uuid4().hex
@@ -201,6 +197,7 @@ class JobStore:
             media_type=upload.media_type,
             want_preview=want_preview,
             created_at=self.clock(),
+            outputs=outputs,
             want_image=want_image,
         )
         try:
@@ -295,9 +292,10 @@ class JobStore:
         upload = Upload(path=job.input_path, filename=job.filename, media_type=job.media_type)
         volume = decode_upload(upload, settings=context.settings, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
-        # Kept before the refusal check, so the job status says what a refusal was about.
+        # Kept before the refusal checks, so the job status says what a refusal was about.
         job.warnings = as_dicts(warnings_of(volume))
         enforce_refusals(volume, context.settings.refuse_warnings)
+        check_outputs_possible(volume, job.outputs)  # before inference: a refused output costs nothing
         return volume
 
     async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
@@ -332,12 +330,11 @@ class JobStore:
         if job.cancel.is_set():
             return
         job.progress.update("writing")
-        mask = await run_blocking(encode_mask, outcome)
-        await run_blocking(job.mask_path.write_bytes, mask)
-        if job.want_image:
-            await run_blocking(write_viewer_image, outcome.ct, job.image_path)
-        if job.want_preview:
-            await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
+        job.statistics = await run_blocking(
+            write_job_results, job.folder, outcome.ct, outcome.result.mask, outputs=job.outputs,
+            manifest=getattr(context.segmenter, "manifest", None), metrics=outcome.metrics,
+            preview_title=job.filename, want_preview=job.want_preview, want_image=job.want_image,
+        )
         context.metrics.observe_case(
             outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds
         )
@@ -361,15 +358,6 @@ class JobStore:
         job.finished_at = self.clock()
         self._jobs.pop(job.id, None)
         self._save(job)
-
-
-def write_viewer_image(ct: Volume, path: Path) -> None:
-    """The CT as int16 NIfTI (HU, clipped to the int16 range: it is for display) on the CT's own
-    affine, which is the mask's: a viewer lays the mask over it voxel for voxel."""
-    voxels = np.asarray(ct.array)
-    if voxels.dtype != np.int16:
-        voxels = np.clip(np.rint(voxels), -32768, 32767).astype(np.int16)
-    write_ct(ct.with_array(voxels), path)
 
 
 async def reap_periodically(reap: Callable[[], list[str]], ttl_s: float) -> None:
