@@ -3,7 +3,8 @@
 #   deploy/vendor-niivue.sh            # the pinned version below
 #   NIIVUE_VERSION=0.70.0 deploy/vendor-niivue.sh
 # Copies the self-contained UMD bundle (dist/niivue.umd.js: no imports, no network use), writes
-# VERSION (version, tarball sha512 integrity, date) and the BSD-2-Clause licence beside it.
+# VERSION (version, the tarball's sha512 integrity as npm checked it, the bundle's sha256, date) and
+# the BSD-2-Clause licence (LICENSE.txt) beside it.
 # Needs npm (Node 20); the page itself never loads anything from outside the service.
 set -euo pipefail
 VERSION="${NIIVUE_VERSION:-0.69.0}"
@@ -22,7 +23,7 @@ test -s package/dist/niivue.umd.js || { echo "no dist/niivue.umd.js in @niivue/n
 mkdir -p "$DEST"
 cp package/dist/niivue.umd.js "$DEST/niivue.umd.js"
 # The npm tarball carries no licence file; this is the text of the project's LICENSE (niivue/niivue).
-cat > "$DEST/LICENSE" <<'LICENSE'
+cat > "$DEST/LICENSE.txt" <<'LICENSE'
 BSD 2-Clause License
 
 Copyright (c) 2021, Niivue
