@@ -82,6 +82,12 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="module")
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Each window batch takes 20 ms: a case of the small CT lasts several seconds."""
+    yield from _serve(tmp_path_factory.mktemp("web-server-slow"), WEB_WINDOW_DELAY_S="0.02")
+
+
+@pytest.fixture(scope="module")
 def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield from _serve(tmp_path_factory.mktemp("web-server-key"), SWINXSEG_API_KEY=API_KEY)
 

@@ -6,8 +6,9 @@ error path, the API key and that no request leaves 127.0.0.1. Screenshots: ``web
 
 from __future__ import annotations
 
+import base64
 import gzip
-import io
+import time
 import zipfile
 
 import httpx
@@ -26,7 +27,6 @@ from web.pagekit import (
     requests_sent,
     text_of,
     upload,
-    wait_for_drawing,
 )
 
 pytestmark = pytest.mark.slow
@@ -196,3 +196,80 @@ def test_with_an_api_key_the_page_asks_once_and_sends_it_as_a_header(browser, lo
     open_page(browser, locked_server.base_url)  # same tab: asked once, not again
     assert not browser.find_element(By.ID, "key-section").is_displayed()
     browser.execute_script("sessionStorage.clear()")
+
+
+def watch_page(driver, *, until: str, timeout: float = 120) -> list[dict]:
+    """Samples of the status line and the progress bar every 50 ms until ``document.body.dataset.jobState``
+    is ``until``."""
+    samples = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sample = driver.execute_script(
+            "const bar = document.getElementById('progress-bar');"
+            "return {state: document.body.dataset.jobState || null,"
+            " text: document.getElementById('status-text').textContent,"
+            " shown: !document.getElementById('progress-row').hidden,"
+            " value: bar.hasAttribute('value') ? bar.value : null, max: bar.max}"
+        )
+        samples.append(sample)
+        if sample["state"] == until:
+            return samples
+        time.sleep(0.05)
+    raise AssertionError(f"the page did not reach {until} in {timeout:.0f} s; last: {samples[-1:]}")
+
+
+def test_the_page_shows_the_queue_position_then_real_progress(browser, slow_server, ct_sm):
+    drain_logs(browser)
+    open_page(browser, slow_server.base_url)
+    # Another client's job holds the inference slot, so the page's job waits behind it.
+    ahead = httpx.post(f"{slow_server.base_url}/v1/jobs?preview=false&filename=ahead.nii.gz",
+                       content=ct_sm.read_bytes(), headers={"Content-Type": "application/gzip"}, timeout=30)
+    assert ahead.status_code == 202, ahead.text
+    browser.execute_script("delete document.body.dataset.jobState")
+    browser.find_element(By.ID, "file-input").send_keys(str(ct_sm))
+    samples = watch_page(browser, until="done")
+
+    assert any(s["text"] == "Waiting in the queue: position 1." for s in samples), samples[:5]
+    running = [s for s in samples if s["text"].startswith("Segmenting: ") and s["value"] is not None]
+    assert running, "the page never showed the inference progress"
+    windows = running[-1]["max"]
+    assert windows > 100  # the real window count of the case, not a percentage
+    assert any(0 < s["value"] < windows for s in running)
+    values = [s["value"] for s in running]
+    assert values == sorted(values)
+    final = samples[-1]
+    assert final["text"].startswith("Done: ") and final["value"] == final["max"] == 1
+    check_no_outside_requests_or_errors(browser)
+
+
+def test_the_upload_is_keyboard_reachable_and_every_control_is_labelled(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    page.execute_script("document.activeElement.blur()")
+    ActionChains(page).send_keys(Keys.TAB).perform()
+    assert page.execute_script("return document.activeElement.id") == "file-input"
+    unlabelled = page.execute_script(
+        "return [...document.querySelectorAll('input, progress')]"
+        ".filter(el => !(el.labels && el.labels.length)).map(el => el.id)"
+    )
+    assert unlabelled == []
+    assert page.find_element(By.ID, "viewer").get_attribute("aria-label")
+
+
+def test_a_dropped_file_is_uploaded(page, ct_sm):
+    page.execute_script("delete document.body.dataset.jobState")
+    page.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "const transfer = new DataTransfer();"
+        "transfer.items.add(new File([bytes], arguments[1]));"
+        "const zone = document.getElementById('drop-zone');"
+        "for (const type of ['dragenter', 'dragover', 'drop']) {"
+        "  zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));"
+        "}",
+        base64.b64encode(ct_sm.read_bytes()).decode(), ct_sm.name,
+    )
+    state = watch_page(page, until="done")[-1]
+    assert state["text"].startswith(f"Done: {ct_sm.name}")
+    assert legend_labels(page) == [1, 3]
+    check_no_outside_requests_or_errors(page)

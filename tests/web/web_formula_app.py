@@ -10,6 +10,9 @@ model's labels".
 
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 from fastapi import FastAPI
 
@@ -21,11 +24,16 @@ from service.segmenter import Segmenter
 from service.settings import Settings
 
 ROI = [32, 32, 32]
+# Seconds each forward pass sleeps (environment): a case long enough to watch its progress.
+DELAY_ENV = "WEB_WINDOW_DELAY_S"
 
 
 def banded_logits(batch: torch.Tensor) -> torch.Tensor:
     liver = ((batch > 0.6) & (batch <= 0.8)).float()
     bright = (batch > 0.8).float()
+    delay = float(os.environ.get(DELAY_ENV, "0"))
+    if delay:
+        time.sleep(delay)
     return torch.cat([1 - liver - bright, liver, torch.zeros_like(liver), bright], dim=1)
 
 
