@@ -134,7 +134,8 @@ def test_an_invalid_upload_explains_itself_and_the_next_one_works(page, ct_sm, t
     page.save_screenshot(str(screenshot_dir / "page_error.png"))
     assert error.startswith("This file is not a CT format the service can read.")
     assert "not a supported volume format" in error  # the server's detail, in full
-    assert page.find_element(By.ID, "result-section").get_attribute("hidden") is not None
+    assert not page.find_element(By.ID, "result-section").is_displayed()
+    assert not page.find_element(By.ID, "progress-row").is_displayed()
 
     assert upload(page, ct_sm) == "done", text_of(page, "error-box")
     assert not page.find_element(By.ID, "error-box").is_displayed()
