@@ -269,6 +269,10 @@
     });
     await nv.attachToCanvas($("viewer"));
     nv.setSliceType(nv.sliceTypeMultiplanar);
+    // The 3D render shows the organs through a translucent body (overlay blended over the CT),
+    // seen from the front left and above.
+    nv.opts.renderOverlayBlend = 2;
+    nv.setRenderAzimuthElevation(120, 30);
     state.nv = nv;
     return nv;
   }
