@@ -109,7 +109,12 @@ class Job:
         if self.status == "done":
             windows = int((self.metrics or {}).get("windows_run") or 0)
             return {"stage": "done", "windows_done": windows, "windows_total": windows}
-        return None if self.status == "failed" else self.progress.as_dict()
+        if self.status == "failed":
+            return None
+        view = self.progress.as_dict()
+        if self.status == "running" and view["stage"] == "queued":
+            view["stage"] = "reading"  # holds the slot, not decoded yet (or another process's job)
+        return view
 
     def record(self, owner: str) -> dict:
         """The row :class:`JobRecords` keeps (everything but the live task)."""
