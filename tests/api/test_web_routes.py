@@ -95,3 +95,26 @@ def test_existing_routes_still_answer_beside_the_page(client):
     assert client.get("/healthz").status_code == 200
     assert client.get("/nope").json()["error"] == "not_found"
     assert "/" not in client.get("/openapi.json").json()["paths"]  # the page is not part of the API
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_colours_have_readable_contrast():
+    """WCAG AA (4.5:1 for text) for every text/background pair the style sheet uses."""
+    css = (WEB_DIR / "style.css").read_text()
+    colours = dict(re.findall(r"--([a-z-]+):\s*(#[0-9a-f]{6});", css))
+    pairs = [("text", "page"), ("text", "panel"), ("muted", "page"), ("muted", "panel"),
+             ("error-text", "error-back"), ("text", "warn-back"), ("accent", "panel")]
+    for text, back in pairs:
+        assert _contrast(colours[text], colours[back]) >= 4.5, (text, back)
+    assert _contrast("#ffffff", colours["accent"]) >= 4.5  # button labels
+    assert _contrast("#ffffff", colours["accent-dark"]) >= 4.5  # hovered buttons
