@@ -118,3 +118,12 @@ def test_text_colours_have_readable_contrast():
         assert _contrast(colours[text], colours[back]) >= 4.5, (text, back)
     assert _contrast("#ffffff", colours["accent"]) >= 4.5  # button labels
     assert _contrast("#ffffff", colours["accent-dark"]) >= 4.5  # hovered buttons
+
+
+def test_label_names_cannot_break_out_of_the_config_block(make_settings):
+    fake = FakeSegmenter()
+    fake.manifest.labels[1] = "liver</script><script>alert(1)</script>"
+    with serving(make_settings(), fake) as client:
+        html = client.get("/").text
+    assert "<script>alert(1)" not in html
+    assert page_config(html)["labels"][0]["name"] == "liver</script><script>alert(1)</script>"

@@ -193,6 +193,15 @@ def test_with_an_api_key_the_page_asks_once_and_sends_it_as_a_header(browser, lo
     assert all(API_KEY not in url for url in links.values())
     assert httpx.get(links["nifti"], timeout=30).status_code == 401  # a bare link carries no key
     assert httpx.get(links["nifti"], headers={"X-API-Key": API_KEY}, timeout=30).status_code == 200
+    # Clicking a download button fetches the file with the key in the header, then saves it.
+    browser.find_element(By.CSS_SELECTOR, "#download-list a[data-kind='preview']").click()
+    clicked: list[dict] = []
+    deadline = time.monotonic() + 10
+    while not clicked and time.monotonic() < deadline:
+        clicked = [r for r in requests_sent(browser) if r["url"] == links["preview"]]
+        time.sleep(0.2)
+    assert clicked and clicked[0]["headers"].get("X-API-Key") == API_KEY
+    assert not browser.find_element(By.ID, "error-box").is_displayed()
 
     open_page(browser, locked_server.base_url)  # same tab: asked once, not again
     assert not browser.find_element(By.ID, "key-section").is_displayed()
