@@ -130,7 +130,7 @@ class QueueJobStore:
         running, result = read_json(folder / RUNNING_FILE), read_json(folder / RESULT_FILE)
         if running is not None:
             job.status, job.started_at = "running", running["started_at"]
-            job.progress = _progress_of(read_json(folder / PROGRESS_FILE))
+            job.progress = _progress_of(folder / PROGRESS_FILE)
         if result is not None:
             job.status, job.started_at, job.finished_at = result["status"], result["started_at"], result["finished_at"]
             job.metrics, job.warnings = result.get("metrics"), result.get("warnings") or []
@@ -183,9 +183,14 @@ class QueueJobStore:
         return []
 
 
-def _progress_of(saved: dict | None) -> Progress:
-    """A running job's progress as its worker last wrote it (``reading`` before its first write)."""
+def _progress_of(path: Path) -> Progress:
+    """A running job's progress as its worker last wrote it (``reading`` before its first write;
+    a file two workers raced on, which a redelivered job can cause, reads as unknown)."""
     progress = Progress("reading")
+    try:
+        saved = read_json(path)
+    except ValueError:
+        saved = None
     if saved is not None and saved.get("stage") in ("reading", "preprocessing", "inference", "writing"):
         progress.update(saved["stage"], int(saved.get("windows_done", 0)), int(saved.get("windows_total", 0)))
     return progress

@@ -7,7 +7,9 @@ call of :func:`run_job`, which runs in the Celery task. Deleting the job's folde
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -103,10 +105,16 @@ def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: floa
 
 class _ProgressFile:
     """Writes a job's progress to ``progress.json`` for the API to read: each stage change, and
-    window counts at most every ``interval_s`` (a batch of windows can take milliseconds)."""
+    window counts at most every ``interval_s`` (a batch of windows can take milliseconds).
+
+    Through one fixed temp name and a rename, without fsync (progress need not survive a crash):
+    a worker killed mid-write leaves at most ``.progress.json.tmp``, which the worker that takes
+    the job over renames away with its first write, so no stray temp file stays behind.
+    """
 
     def __init__(self, path: Path, *, interval_s: float = 0.5) -> None:
         self.path, self.interval_s = path, interval_s
+        self.scratch = path.with_name(f".{path.name}.tmp")
         self._last: tuple[str, float] | None = None
 
     def __call__(self, snapshot: dict) -> None:
@@ -120,6 +128,7 @@ class _ProgressFile:
             return  # deleted meanwhile: the case stops at its next window batch
         self._last = (stage, now)
         try:
-            write_json(self.path, snapshot)
+            self.scratch.write_text(json.dumps(snapshot))
+            os.replace(self.scratch, self.path)
         except FileNotFoundError:
             pass  # the folder went between the check and the write (DELETE)

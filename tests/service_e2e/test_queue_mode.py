@@ -222,7 +222,8 @@ def test_progress_and_the_ct_image_come_from_the_worker(cluster):
                               content=nifti_gz_bytes(ct_array(LARGE)), headers=GZ, timeout=30)
         assert response.status_code == 202, response.text
         job = response.json()
-        assert job["progress"]["stage"] == "queued"
+        # An idle worker may have taken it already.
+        assert job["progress"]["stage"] in {"queued", "reading", "preprocessing", "inference"}
         seen: list[dict] = []
 
         def finished() -> bool:
