@@ -59,6 +59,18 @@ class JobLinks(BaseModel):
     outputs: dict[str, str] = Field(
         default_factory=dict, description="one download link per output kind asked for (nifti, rtstruct, seg)"
     )
+    image: str = Field(description="the input CT as NIfTI on the mask's grid (jobs submitted with image=true)")
+
+
+class JobProgress(BaseModel):
+    stage: Literal["queued", "reading", "preprocessing", "inference", "writing", "done"] = Field(
+        description="queued -> reading (decoding the upload) -> preprocessing -> inference -> writing -> done"
+    )
+    windows_done: int = Field(description="sliding windows run so far (0 before inference)")
+    windows_total: int = Field(description="sliding windows to run (known once inference starts; 0 before)")
+    queue_position: int | None = Field(
+        None, description="while queued: 1 = next to run (embedded mode; queue mode: place on the job queue)"
+    )
 
 
 class OrganStatisticsBody(BaseModel):
@@ -97,6 +109,9 @@ class JobView(BaseModel):
     error: JobError | None = None
     outputs: list[str] = Field(default_factory=lambda: ["nifti"], description="the output kinds asked for")
     statistics: list[OrganStatisticsBody] | None = Field(None, description="per organ, once done")
+    progress: JobProgress | None = Field(
+        None, description="stage and windows done of windows to run; null once the job failed"
+    )
     links: JobLinks
 
 
