@@ -50,7 +50,7 @@ from service.metrics_types import CaseMetrics
 from service.outputs.selection import DEFAULT_OUTPUTS, SUFFIXES
 from service.queue.celery_app import make_celery, redacted
 from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
-from service.queue.submission import submit_job
+from service.queue.submission import new_job_id, submit_job
 from service.settings import Settings
 from service.storage import is_job_id, storage_root
 
@@ -109,9 +109,16 @@ class _QueueRun:
             place, filename, media_type = partial(shutil.copyfile, case.path), case.path.name, "application/octet-stream"
         meta = {"filename": filename, "media_type": media_type, "want_preview": self.preview, "overlap": self.overlap,
                 "outputs": list(self.outputs), "submitted_by": "swinxseg batch"}
-        job_id = submit_job(self.root, self.celery, self.settings, place_input=place, meta=meta)
-        self.jobs[case.report.case] = job_id
+        # Recorded before it is sent: a batch killed in between finds the id on its next run (and
+        # withdraws that job) rather than leaving a job behind that it does not know.
+        job_id = self.jobs[case.report.case] = new_job_id()
         self.save()
+        try:
+            submit_job(self.root, self.celery, self.settings, place_input=place, meta=meta, job_id=job_id)
+        except SwinxsegError:  # nothing was sent and the folder is gone again
+            self.jobs.pop(case.report.case, None)
+            self.save()
+            raise
         return job_id
 
     def result_of(self, job_id: str) -> dict | None:

@@ -28,17 +28,23 @@ log = logging.getLogger(__name__)
 _PUBLISH_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 
 
+def new_job_id() -> str:
+    """A fresh job id (uuid4, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
 def submit_job(root: Path, celery, settings: Settings, *, place_input: Callable[[Path], object], meta: dict,
-               clock: Callable[[], float] = time.time) -> str:
+               clock: Callable[[], float] = time.time, job_id: str | None = None) -> str:
     """Create ``<root>/<id>/`` (``input.bin`` by ``place_input(path)``, then ``job.json`` from
     ``meta``: ``filename``, ``media_type``, ``want_preview``, ``overlap``, ...) and send its task.
+    ``job_id``: one from :func:`new_job_id` that the caller recorded first (default: a new one).
 
     Returns the job id (32 hex digits). Blocking (file copies, one Redis round trip).
 
     Raises:
         QueueUnavailableError: Redis cannot be reached (the folder is removed again).
     """
-    job_id = uuid.uuid4().hex
+    job_id = job_id or new_job_id()
     folder = Path(root) / job_id
     try:
         folder.mkdir()
