@@ -235,8 +235,52 @@ def _preprocessing_text(config: dict) -> str:
     return f"{grid} grid, HU window [{low:g}, {high:g}]"
 
 
-def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: float) -> str:
-    """The text of ``MODEL_CARD.md`` for a training checkpoint ``state`` and its evaluation ``results``."""
+def _training_data_text(data: dict) -> str:
+    if data.get("kind") == "datalist":
+        return (
+            "The datalist of `python -m training.real_ct prepare` (`weights/demo/TRAINING.md`): synthetic "
+            "abdominal CT phantoms from `phantoms/generator.py` (seeds from 1000, grids drawn from each "
+            "seed) plus **one real patient**, `example_ct.nii.gz` of `../shared/data/ct` (TotalSegmentator's "
+            "test scan, 3 mm), with TotalSegmentator v2's predictions mapped to FLARE-23 as its labels: a "
+            "teacher's pseudo labels, as the seed paper fine-tunes on. The other real patient (the DICOM "
+            "series) was never trained or validated on."
+        )
+    return (
+        f"Synthetic abdominal CT phantoms from `phantoms/generator.py`, no patient data:\n"
+        f"{data.get('count', '?')} training phantoms (seeds from {data.get('seed_start', '?')}) and\n"
+        f"{data.get('val_count', '?')} validation phantoms (seeds from {data.get('val_seed_start', '?')})."
+    )
+
+
+def real_patient_section(scores: dict[int, float] | None) -> str:
+    """The model card's held-out real patient table (``training.real_ct.held_out_scores``)."""
+    if not scores:
+        return ""
+    from service.labels import FLARE23_LABELS
+
+    rows = "\n".join(f"| {label} {FLARE23_LABELS[label]} | {score:.3f} |" for label, score in scores.items())
+    mean = sum(scores.values()) / len(scores)
+    return f"""
+## Held-out real patient
+`python -m training.real_ct evaluate --model weights/demo`: the DICOM series `example_ct_dicom`
+(512x512x20, 0.98x0.98x2 mm; never trained or validated on) segmented through the service, against
+TotalSegmentator's labels for it (`example_seg_dicom.nii.gz`, mapped to FLARE-23), compared in world
+coordinates; the organs it contains (>= 500 reference voxels). The reference is itself a model's
+output, not a radiologist's: a sanity check of the demo, not an accuracy claim.
+
+| organ | Dice |
+|---|---|
+{rows}
+
+Mean over these {len(scores)} organs: {mean:.3f}.
+"""
+
+
+def model_card(
+    *, checkpoint: Path, state: dict, results: dict, artifacts_mb: float, real_scores: dict[int, float] | None = None
+) -> str:
+    """The text of ``MODEL_CARD.md`` for a training checkpoint ``state``, its phantom evaluation
+    ``results`` and, when given, its held-out real patient Dice (``real_scores``)."""
     config = state["config"]
     data = config.get("data", {})
     parameters = sum(
@@ -291,9 +335,7 @@ def model_card(*, checkpoint: Path, state: dict, results: dict, artifacts_mb: fl
     return (
         f"""# {DEMO_NAME}
 
-**These weights know synthetic phantoms only.** They demonstrate the service; they are not a
-medical device and **not for clinical use**. On a real CT they give plausible-looking but
-unreliable masks.
+{_headline(data)}
 
 {status_line(results)}
 {unlearned_labels_line(results)}
@@ -305,9 +347,7 @@ output classes (FLARE-23: background, 13 organs, tumour), exported as TorchScrip
 Artifacts: {artifacts_mb:.1f} MB.
 
 ## Training data
-Synthetic abdominal CT phantoms from `phantoms/generator.py`, no patient data:
-{data.get("count", "?")} training phantoms (seeds from {data.get("seed_start", "?")}) and
-{data.get("val_count", "?")} validation phantoms (seeds from {data.get("val_seed_start", "?")}).
+{_training_data_text(data)}
 Each phantom is stored on a grid drawn from its seed: in-plane 0.8-2.5 mm, slices 1-3 mm,
 orientation RAS/LPS/LAS/RPS/LPI/PIR, one in five oblique (5-15 degrees). Every image went through
 the service's own preprocessing (`service.geometry.preprocess`); labels followed by the matching
@@ -336,7 +376,33 @@ absent from both masks):
 
 Mean organ Dice (1-13) per case: {cases}.
 """
+        + real_patient_section(real_scores)
     )
+
+
+def _headline(data: dict) -> str:
+    if data.get("kind") == "datalist":
+        return (
+            "**A working demo, not clinical use.** These weights were trained on synthetic phantoms and\n"
+            "one real patient; they are not a medical device. On a real CT they find the large organs\n"
+            "roughly (see \"Held-out real patient\") and make mistakes a clinical model would not."
+        )
+    return (
+        "**These weights know synthetic phantoms only.** They demonstrate the service; they are not a\n"
+        "medical device and **not for clinical use**. On a real CT they give plausible-looking but\n"
+        "unreliable masks."
+    )
+
+
+def _real_scores(model_dir: Path, shared: Path) -> dict[int, float] | None:
+    """The held-out real patient's Dice, or None when ``shared`` (the real CT folder) is absent."""
+    if not (shared / "example_ct_dicom").is_dir():
+        return None
+    from service.segmenter import Segmenter
+    from service.settings import Settings
+    from training.real_ct import held_out_scores
+
+    return held_out_scores(Segmenter(Settings(model_dir=model_dir, device="cpu", warmup=False)), shared)
 
 
 def artifacts_size_mb(folder: Path) -> float:
@@ -352,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
     export_demo(args.checkpoint, args.out, preset=config["preset"], out_channels=config["out_channels"])
     results = evaluate_demo(args.out, per_grid=args.cases_per_grid, threads=args.threads)
     card = model_card(
-        checkpoint=args.checkpoint, state=state, results=results, artifacts_mb=artifacts_size_mb(args.out)
+        checkpoint=args.checkpoint, state=state, results=results, artifacts_mb=artifacts_size_mb(args.out),
+        real_scores=_real_scores(args.out, args.shared),
     )
     (args.out / "MODEL_CARD.md").write_text(card)
     size = artifacts_size_mb(args.out)
@@ -372,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("weights/demo"), help="exported model folder")
     parser.add_argument("--cases-per-grid", type=int, default=1, help="held-out phantoms per storage layout")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the evaluation")
+    parser.add_argument("--shared", type=Path, default=Path("../shared/data/ct"),
+                        help="the real CT folder (held-out patient); skipped when absent")
     from service.logs import configure_logging
 
     configure_logging(level="INFO")

@@ -20,15 +20,14 @@ import anyio.to_thread
 from starlette.requests import Request
 
 from service.api.gpu_guard import GpuGuard, Ticket
+from service.api.job_results import labels_and_model
 from service.api.upload_pace import UploadPace
 from service.api.uploads import Upload, check_content_length, check_media_type, media_type_of, read_upload
 from service.case_warnings import CaseWarning, warnings_of
 from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
 from service.io.writers import mask_to_nifti_bytes
-from service.labels import FLARE23_LABELS
 from service.metrics_types import CaseMetrics, SegmentationResult
-from service.outputs.dicom_common import ModelInfo, model_info
 from service.outputs.selection import check_outputs_possible, output_bytes
 from service.settings import Settings
 from service.volume import Volume
@@ -147,8 +146,7 @@ def encode_mask(outcome: CaseOutcome) -> bytes:
 def encode_dicom_output(kind: str, outcome: CaseOutcome, manifest: ModelManifest | None) -> bytes:
     """The RTSTRUCT or SEG file of the case (its time is the ``write`` stage)."""
     started = time.perf_counter()
-    labels = manifest.labels if manifest is not None else FLARE23_LABELS
-    model = model_info(manifest) if manifest is not None else ModelInfo(name="unknown model")
+    labels, model = labels_and_model(manifest)
     data = output_bytes(kind, outcome.ct, outcome.result.mask, labels, model)
     outcome.metrics.seconds["write"] = round(time.perf_counter() - started, 4)
     return data

@@ -32,12 +32,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL DEFAULT '[]',
     error_code TEXT,
     error_detail TEXT,
-    expired_at REAL
+    expired_at REAL,
+    outputs TEXT NOT NULL DEFAULT '["nifti"]',
+    statistics TEXT
 )
 """
+# Columns added after the first release: a storage folder written by an older server gains them.
+_ADDED_COLUMNS = {"outputs": "TEXT NOT NULL DEFAULT '[\"nifti\"]'", "statistics": "TEXT"}
 FIELDS = (
     "id", "owner", "filename", "media_type", "want_preview", "created_at", "status",
     "started_at", "finished_at", "metrics", "warnings", "error_code", "error_detail", "expired_at",
+    "outputs", "statistics",
 )
 
 
@@ -53,13 +58,18 @@ class JobRecords:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             self._db.execute(_SCHEMA)
+            present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def save(self, row: dict) -> None:
-        values = {**row, "metrics": _dump(row.get("metrics")), "warnings": json.dumps(row.get("warnings") or [])}
+        values = {**row, "metrics": _dump(row.get("metrics")), "warnings": json.dumps(row.get("warnings") or []),
+                  "outputs": json.dumps(list(row.get("outputs") or ["nifti"])), "statistics": _dump(row.get("statistics"))}
         names = ", ".join(FIELDS)
         marks = ", ".join(f":{name}" for name in FIELDS)
         with self._lock:
@@ -74,6 +84,8 @@ class JobRecords:
         record = dict(row)
         record["metrics"] = json.loads(record["metrics"]) if record["metrics"] else None
         record["warnings"] = json.loads(record["warnings"] or "[]")
+        record["outputs"] = tuple(json.loads(record["outputs"] or '["nifti"]'))
+        record["statistics"] = json.loads(record["statistics"]) if record["statistics"] else None
         return record
 
     def delete(self, job_id: str) -> None:

@@ -32,23 +32,18 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from service.api.cases import (
-    SegmenterLike,
-    decode_upload,
-    encode_mask,
-    render_preview_png,
-    run_blocking,
-    segment_case,
-)
+from service.api.cases import SegmenterLike, decode_upload, run_blocking, segment_case
 from service.api.errors import INTERNAL_ERROR_CODE, GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
 from service.api.job_records import JobRecords
+from service.api.job_results import MASK_NAME, OUTPUT_FILES, PREVIEW_NAME, write_job_results
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
 from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
+from service.outputs.selection import check_outputs_possible
 from service.settings import Settings
 from service.storage import is_job_id
 from service.volume import Volume
@@ -57,7 +52,7 @@ from service.workdir import is_alive
 log = logging.getLogger(__name__)
 
 _REMEMBER_EXPIRED = 10_000  # ids answered with 410 after expiry; older ones fall back to 404
-MASK_NAME, PREVIEW_NAME, INPUT_NAME = "mask.nii.gz", "preview.png", "input.bin"
+INPUT_NAME = "input.bin"
 INTERRUPTED_CODE = "interrupted"
 INTERRUPTED_DETAIL = "interrupted by a restart: the server stopped before the job finished; submit it again"
 
@@ -80,6 +75,8 @@ class Job:
     metrics: dict | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)  # the input's, once decoded
     error: tuple[str, str] | None = None  # (code, detail)
+    outputs: tuple[str, ...] = ("nifti",)  # the output kinds asked for (service.outputs.selection)
+    statistics: list[dict] | None = None  # per-label OrganStatistics of a done job
     task: asyncio.Task | None = field(default=None, repr=False)
     # Set by DELETE (and shutdown): the worker thread polls it between window batches.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -96,6 +93,9 @@ class Job:
     def input_path(self) -> Path:
         return self.folder / INPUT_NAME
 
+    def output_path(self, kind: str) -> Path:
+        return self.folder / OUTPUT_FILES[kind]
+
     def record(self, owner: str) -> dict:
         """The row :class:`JobRecords` keeps (everything but the live task)."""
         code, detail = self.error if self.error else (None, None)
@@ -104,6 +104,7 @@ class Job:
             "want_preview": int(self.want_preview), "created_at": self.created_at, "status": self.status,
             "started_at": self.started_at, "finished_at": self.finished_at, "metrics": self.metrics,
             "warnings": self.warnings, "error_code": code, "error_detail": detail,
+            "outputs": list(self.outputs), "statistics": self.statistics,
         }
 
     @classmethod
@@ -113,7 +114,7 @@ class Job:
             id=row["id"], folder=root / row["id"], filename=row["filename"], media_type=row["media_type"],
             want_preview=bool(row["want_preview"]), created_at=row["created_at"], status=row["status"],
             started_at=row["started_at"], finished_at=row["finished_at"], metrics=row["metrics"],
-            warnings=row["warnings"], error=error,
+            warnings=row["warnings"], error=error, outputs=tuple(row["outputs"]), statistics=row["statistics"],
         )
 
 
@@ -167,7 +168,8 @@ class JobStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def submit(
-        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
+        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
+        outputs: tuple[str, ...] = ("nifti",),
     ) -> Job:
         """Store the upload in the job's folder and start its worker task."""
         job_id = uuid.uuid4().hex
@@ -180,6 +182,7 @@ class JobStore:
             media_type=upload.media_type,
             want_preview=want_preview,
             created_at=self.clock(),
+            outputs=outputs,
         )
         try:
             # A queued job waits as a file (the spool file, moved), decoded only in the slot.
@@ -264,9 +267,10 @@ class JobStore:
         upload = Upload(path=job.input_path, filename=job.filename, media_type=job.media_type)
         volume = decode_upload(upload, settings=context.settings, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
-        # Kept before the refusal check, so the job status says what a refusal was about.
+        # Kept before the refusal checks, so the job status says what a refusal was about.
         job.warnings = as_dicts(warnings_of(volume))
         enforce_refusals(volume, context.settings.refuse_warnings)
+        check_outputs_possible(volume, job.outputs)  # before inference: a refused output costs nothing
         return volume
 
     async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
@@ -299,10 +303,11 @@ class JobStore:
         )
         if job.cancel.is_set():
             return
-        mask = await run_blocking(encode_mask, outcome)
-        await run_blocking(job.mask_path.write_bytes, mask)
-        if job.want_preview:
-            await run_blocking(render_preview_png, outcome, job.preview_path, title=job.filename)
+        job.statistics = await run_blocking(
+            write_job_results, job.folder, outcome.ct, outcome.result.mask, outputs=job.outputs,
+            manifest=getattr(context.segmenter, "manifest", None), metrics=outcome.metrics,
+            preview_title=job.filename, want_preview=job.want_preview,
+        )
         context.metrics.observe_case(
             outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds
         )

@@ -82,13 +82,14 @@ class QueueJobStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def submit(
-        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool
+        self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
+        outputs: tuple[str, ...] = ("nifti",),
     ) -> Job:
         """Move the upload into shared storage and enqueue the job (503 when Redis is down)."""
         job_id = uuid.uuid4().hex
         folder = self.root / job_id
         meta = {"id": job_id, "filename": upload.filename, "media_type": upload.media_type,
-                "want_preview": want_preview, "overlap": overlap, "created_at": self.clock()}
+                "want_preview": want_preview, "overlap": overlap, "created_at": self.clock(), "outputs": list(outputs)}
         try:
             folder.mkdir()
             await run_blocking(shutil.move, upload.path, folder / INPUT_NAME)  # storage may be another volume
@@ -121,13 +122,15 @@ class QueueJobStore:
                 raise GoneError(f"job {job_id} expired; results are kept {int(self.ttl_s)} s after they finish")
             raise NotFoundError(f"no job {job_id}")
         job = Job(id=job_id, folder=folder, filename=meta["filename"], media_type=meta["media_type"],
-                  want_preview=meta["want_preview"], created_at=meta["created_at"])
+                  want_preview=meta["want_preview"], created_at=meta["created_at"],
+                  outputs=tuple(meta.get("outputs") or ("nifti",)))
         running, result = read_json(folder / RUNNING_FILE), read_json(folder / RESULT_FILE)
         if running is not None:
             job.status, job.started_at = "running", running["started_at"]
         if result is not None:
             job.status, job.started_at, job.finished_at = result["status"], result["started_at"], result["finished_at"]
             job.metrics, job.warnings = result.get("metrics"), result.get("warnings") or []
+            job.statistics = result.get("statistics")
             job.error = tuple(result["error"]) if result.get("error") else None
         return job
 

@@ -1,4 +1,4 @@
-"""The jobs API: submit a CT (202), poll it, fetch the mask and preview, delete it (204)."""
+"""The jobs API: submit a CT (202), poll it, fetch its outputs, statistics and preview, delete it (204)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,20 @@ from service.api.deps import JobsDep, JobSegmenterDep, RuntimeDep, require_api_k
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
-from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobView
+from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobStatistics, JobView
 from service.api.uploads import case_name_of
+from service.errors import InvalidInputError
 from service.io.readers import check_upload_header
+from service.outputs.selection import DICOM_OUTPUTS, MEDIA_TYPES, OUTPUT_KINDS, SUFFIXES, parse_outputs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 
 JobId = Annotated[str, Path(max_length=64, description="the id returned by POST /v1/jobs")]
+OutputsQuery = Annotated[
+    list[str] | None,
+    Query(description="output kinds, comma-separated or repeated: nifti (default), rtstruct, seg; "
+          "rtstruct and seg need a zipped DICOM series"),
+]
 _JOB_ERRORS: dict[int | str, dict] = {status: ERROR_RESPONSES[status] for status in (401, 503)} | {
     404: {"model": ErrorBody, "description": "no such job"},
     409: {"model": ErrorBody, "description": "the job is not done"},
@@ -29,8 +36,8 @@ _JOB_ERRORS: dict[int | str, dict] = {status: ERROR_RESPONSES[status] for status
 
 
 def job_view(job: Job, store: JobStore, request: Request) -> JobView:
-    def link(name: str) -> str:
-        return request.app.url_path_for(name, job_id=job.id)
+    def link(name: str, **params: str) -> str:
+        return request.app.url_path_for(name, job_id=job.id, **params)
 
     return JobView(
         id=job.id,
@@ -43,8 +50,24 @@ def job_view(job: Job, store: JobStore, request: Request) -> JobView:
         metrics=job.metrics,
         warnings=job.warnings,
         error=JobError(error=job.error[0], detail=job.error[1]) if job.error else None,
-        links=JobLinks(self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview")),
+        outputs=list(job.outputs),
+        statistics=job.statistics,
+        links=JobLinks(
+            self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview"),
+            statistics=link("get_job_statistics"),
+            outputs={kind: link("get_job_output", kind=kind) for kind in job.outputs},
+        ),
     )
+
+
+def _check_outputs_fit_upload(outputs: tuple[str, ...], upload_format: str) -> None:
+    """A DICOM output of an upload that cannot be a DICOM series: refused at submission (422)."""
+    asked = [kind for kind in outputs if kind in DICOM_OUTPUTS]
+    if asked and upload_format != "zip":
+        raise InvalidInputError(
+            f"{', '.join(asked)} output needs a DICOM series input (a zip of CT slices); the upload is "
+            f"{upload_format}, and no series is invented for it"
+        )
 
 
 def _done(job: Job) -> Job:
@@ -69,11 +92,13 @@ async def submit_job(
     segmenter: JobSegmenterDep,
     overlap: OverlapQuery = None,
     preview: Annotated[bool, Query(description="also render preview.png when done")] = True,
+    outputs: OutputsQuery = None,
     filename: FilenameQuery = None,
     x_filename: FilenameHeader = None,
 ) -> JSONResponse:
-    """Same input as ``POST /v1/segment``. Answers at once with the job's id and links; the job
-    holds a queue place (429 when the queue is full) until it has run."""
+    """Same input as ``POST /v1/segment``. Answers at once with the job's id and links (one per
+    output asked for); the job holds a queue place (429 when the queue is full) until it has run."""
+    kinds = parse_outputs(outputs)  # before the upload: a bad value costs the client nothing
     ticket, upload = await receive_case(
         request,
         guard=runtime.guard,
@@ -86,8 +111,9 @@ async def submit_job(
     )
     try:
         # Refuse what can be refused without decoding (format, external data) now, not in the slot.
-        await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
-        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview)
+        upload_format = await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
+        _check_outputs_fit_upload(kinds, upload_format)
+        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview, outputs=kinds)
     except BaseException:
         ticket.close()  # the job task never started, so the queue place is still ours
         upload.discard()
@@ -127,6 +153,35 @@ async def get_job_preview(job_id: JobId, jobs: JobsDep) -> FileResponse:
     return FileResponse(
         job.preview_path, media_type="image/png", filename=f"{case_name_of(job.filename)}_preview.png"
     )
+
+
+@router.get(
+    "/{job_id}/outputs/{kind}",
+    name="get_job_output",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {media: {} for media in sorted(set(MEDIA_TYPES.values()))},
+              "description": "the output file: .nii.gz mask, RTSTRUCT or SEG (application/dicom)"},
+        **_JOB_ERRORS,
+    },
+)
+async def get_job_output(
+    job_id: JobId, kind: Annotated[str, Path(description=f"one of {', '.join(OUTPUT_KINDS)}")], jobs: JobsDep
+) -> FileResponse:
+    job = _done(jobs.get(job_id))
+    if kind not in job.outputs:
+        raise NotFoundError(f"job {job.id} has no {kind} output; it was submitted with outputs={','.join(job.outputs)}")
+    return FileResponse(
+        job.output_path(kind), media_type=MEDIA_TYPES[kind], filename=f"{case_name_of(job.filename)}{SUFFIXES[kind]}"
+    )
+
+
+@router.get("/{job_id}/statistics", name="get_job_statistics", response_model=JobStatistics, responses=_JOB_ERRORS)
+async def get_job_statistics(job_id: JobId, jobs: JobsDep) -> JobStatistics:
+    """Per organ present: voxels, volume (mL), mean/median/std HU on the input grid, centroid and
+    bounding box in RAS+ world mm (a DICOM viewer's LPS is x and y negated)."""
+    job = _done(jobs.get(job_id))
+    return JobStatistics(job_id=job.id, organs=job.statistics or [])
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_JOB_ERRORS)

@@ -53,8 +53,33 @@ class CaseWarningBody(BaseModel):
 
 class JobLinks(BaseModel):
     self: str
-    mask: str
+    mask: str = Field(description="the NIfTI mask (always kept, whatever outputs= asked for)")
     preview: str
+    statistics: str = Field(description="the organ statistics (GET, once done)")
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="one download link per output kind asked for (nifti, rtstruct, seg)"
+    )
+
+
+class OrganStatisticsBody(BaseModel):
+    label: int
+    name: str
+    voxels: int
+    volume_ml: float = Field(description="voxels x voxel volume, mL")
+    mean_hu: float = Field(description="mean of the CT values under the label, on the input grid (HU)")
+    median_hu: float
+    std_hu: float
+    centroid_ras_mm: tuple[float, float, float] = Field(description="centre of the label's voxels, RAS+ world mm")
+    bbox_min_ras_mm: tuple[float, float, float]
+    bbox_max_ras_mm: tuple[float, float, float]
+
+
+class JobStatistics(BaseModel):
+    job_id: str
+    coordinates: Literal["RAS+ mm"] = Field(
+        "RAS+ mm", description="world frame of centroids and boxes; DICOM LPS is x and y negated"
+    )
+    organs: list[OrganStatisticsBody]
 
 
 class JobView(BaseModel):
@@ -70,6 +95,8 @@ class JobView(BaseModel):
         default_factory=list, description="the input's warnings, once it is decoded (docs/SERVICE.md lists the codes)"
     )
     error: JobError | None = None
+    outputs: list[str] = Field(default_factory=lambda: ["nifti"], description="the output kinds asked for")
+    statistics: list[OrganStatisticsBody] | None = Field(None, description="per organ, once done")
     links: JobLinks
 
 

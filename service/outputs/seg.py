@@ -45,14 +45,17 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
     import highdicom as hd
 
     series = source_series(ct, "SEG")
-    present = [label for label in sorted(labels) if label > 0 and np.any(mask.array == label)]
+    found = _labels_in(mask.array)
+    present = [label for label in sorted(labels) if label > 0 and label in found]
     if not present:
         raise InvalidInputError("the mask holds no labelled voxel; a SEG needs at least one segment",
                                 code="empty_segmentation")
     lookup = np.zeros(int(max(int(mask.array.max()), max(present))) + 1, dtype=np.uint8)
     for number, label in enumerate(present, start=1):
         lookup[label] = number
-    frames = lookup[np.asarray(mask.array)].transpose(2, 1, 0)  # (slices, rows, columns)
+    # (slices, rows, columns), made contiguous: highdicom compares each plane with each segment
+    # number, and on a transposed view every plane is a strided gather (6x slower in total).
+    frames = np.ascontiguousarray(lookup[np.asarray(mask.array)].transpose(2, 1, 0))
     algorithm = hd.AlgorithmIdentificationSequence(
         name=model.name, version=model.version, family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence"),
         parameters={"manifest_sha256": model.manifest_sha256} if model.manifest_sha256 else None,
@@ -74,6 +77,14 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
         device_serial_number="0",
         series_description=model.series_description[:64],
     )
+
+
+def _labels_in(array: np.ndarray) -> set[int]:
+    """The values present, in one pass (a uint8 mask: a histogram, not one comparison per label)."""
+    values = np.asarray(array)
+    if values.dtype == np.uint8:
+        return {int(v) for v in np.flatnonzero(np.bincount(values.ravel(), minlength=1))}
+    return {int(v) for v in np.unique(values)}
 
 
 def _with_type2_attributes(first: Dataset) -> Dataset:

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from service.api.cases import SegmenterLike
 from service.api.errors import INTERNAL_ERROR_CODE
-from service.api.jobs import INPUT_NAME, MASK_NAME, PREVIEW_NAME
+from service.api.job_results import write_job_results
+from service.api.jobs import INPUT_NAME
 from service.api.metrics import ServiceMetrics
 from service.api.uploads import Upload
 from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
-from service.io.writers import mask_to_nifti_bytes
-from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_atomic, write_json
+from service.outputs.selection import check_outputs_possible
+from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -82,13 +83,13 @@ def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: floa
         work_dir=context.work_dir, max_zip_members=settings.max_zip_members,
     )
     volume = screen_input(volume, refuse=settings.refuse_warnings)
+    outputs = tuple(meta.get("outputs") or ("nifti",))
+    check_outputs_possible(volume, outputs)  # before inference: a refused output costs nothing
     outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir())
-    write_atomic(folder / MASK_NAME, mask_to_nifti_bytes(outcome.mask))
-    if meta.get("want_preview"):
-        from service.preview import render_preview  # matplotlib: only when a preview is wanted
-
-        scratch = folder / f".{PREVIEW_NAME}.tmp.png"
-        render_preview(volume, outcome.mask, scratch, title=meta["filename"])
-        scratch.replace(folder / PREVIEW_NAME)
+    statistics = write_job_results(
+        folder, volume, outcome.mask, outputs=outputs, manifest=getattr(context.segmenter, "manifest", None),
+        metrics=outcome.metrics, preview_title=meta["filename"], want_preview=bool(meta.get("want_preview")),
+    )
     context.metrics.observe_case(outcome.metrics, case_seconds=time.perf_counter() - began, queue_seconds=queued_s)
-    return {"status": "done", "metrics": outcome.metrics.to_dict(), "warnings": as_dicts(warnings_of(volume))}
+    return {"status": "done", "metrics": outcome.metrics.to_dict(), "warnings": as_dicts(warnings_of(volume)),
+            "statistics": statistics}

@@ -177,9 +177,12 @@ def test_shutdown_cancels_queued_jobs_waits_for_the_running_one_and_removes_file
 
 def test_job_links_are_usable(client):
     job = submit(client).json()
-    assert set(job["links"]) == {"self", "mask", "preview"}
+    assert set(job["links"]) == {"self", "mask", "preview", "statistics", "outputs"}
     assert job["links"]["preview"].endswith("/preview.png")
+    assert job["links"]["outputs"] == {"nifti": f"/v1/jobs/{job['id']}/outputs/nifti"}
     wait_status(client, job, "done")
+    for name in ("mask", "statistics"):
+        assert client.get(job["links"][name]).status_code == 200
 
 
 def test_queued_jobs_wait_on_disk_and_are_decoded_only_in_the_slot(client, fake):

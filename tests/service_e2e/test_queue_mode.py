@@ -8,9 +8,11 @@ long enough to spread over both workers and to kill a worker in the middle of on
 from __future__ import annotations
 
 import gzip
+import io
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,10 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from api.apikit import AFFINE, ct_array, nifti_gz_bytes
+from dicom_variants import fixture_slices, write_variant
 from service_e2e.formula_app import DELAY_ENV
 from service_e2e.redis_kit import REDIS_SERVER, RedisServer, new_redis
 from service_e2e.serverkit import (
@@ -38,6 +42,7 @@ from service.queue.job_files import RESULT_FILE, RUNNING_FILE, read_json
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (make redis)")
 GZ = {"Content-Type": "application/gzip"}
 SMALL, LARGE = (40, 40, 24), (72, 72, 40)
+SERIES_DIR = REPO / ".." / "shared" / "data" / "ct" / "example_ct_dicom"
 
 
 @dataclass
@@ -183,3 +188,29 @@ def test_expiry_removes_the_stored_files(cluster):
         wait_for(lambda: httpx.get(f"{api.base_url}/v1/jobs/{job['id']}").status_code == 410, timeout=30,
                  what="expiry")
         assert not (cluster.storage / job["id"]).exists()
+
+
+def test_dicom_outputs_and_statistics_come_from_the_worker(cluster, tmp_path):
+    if not SERIES_DIR.is_dir():
+        pytest.skip(f"real DICOM series not found at {SERIES_DIR}")
+    series = write_variant(tmp_path / "ct", fixture_slices(SERIES_DIR.resolve()), "head_first_supine",
+                           crop=(slice(200, 248), slice(200, 248)))
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(series.iterdir()):
+            zipped.write(path, path.name)
+    with cluster.api("outputs") as api:
+        submitted = httpx.post(f"{api.base_url}/v1/jobs?preview=false&outputs=rtstruct,seg&filename=ct.zip",
+                               content=archive.getvalue(), headers={"Content-Type": "application/zip"}, timeout=30)
+        assert submitted.status_code == 202, submitted.text
+        job = wait_done(api.base_url, submitted.json()["id"], timeout=120)
+        assert sorted(job["links"]["outputs"]) == ["rtstruct", "seg"]
+        ct = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+        for kind, url in job["links"]["outputs"].items():
+            response = httpx.get(f"{api.base_url}{url}", timeout=30)
+            assert response.status_code == 200 and response.headers["content-type"] == "application/dicom"
+            ds = pydicom.dcmread(io.BytesIO(response.content))
+            assert ds.Modality == kind.upper() and ds.StudyInstanceUID == ct.StudyInstanceUID
+        stats = httpx.get(f"{api.base_url}{job['links']['statistics']}", timeout=30).json()
+        assert stats["organs"] == job["statistics"] and stats["organs"], stats
+        assert all(organ["volume_ml"] > 0 for organ in stats["organs"])
