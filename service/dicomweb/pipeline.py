@@ -74,6 +74,66 @@ class _Clock:
         self._start = now
 
 
+class StudyCase:
+    """One study's case in its steps, for callers that schedule them (the HTTP job holds the
+    inference slot only around :meth:`read` and the segmentation):
+
+    ``fetch(folder)`` (QIDO-RS choice + WADO-RS into ``folder``), ``read(folder)`` (the DICOM reader,
+    input checks, output checks), ``store(built)`` (one STOW-RS, confirmed), ``result(...)``.
+    Construction checks the outputs and the servers' URLs and makes the clients (no request yet).
+    """
+
+    def __init__(self, settings: Settings, *, study_uid: str, series_uid: str | None = None,
+                 outputs=("rtstruct",), url: str | None = None) -> None:
+        self.settings = settings
+        self.study_uid, self.series_uid = study_uid, series_uid
+        self.outputs = dicom_outputs(outputs)
+        self.source = source_server(settings, url)
+        self.destination = store_server(settings, self.source)
+        self.client = make_client(self.source, settings)
+        self.clock = _Clock()
+        self.series_list: list[SeriesInfo] = []
+        self.chosen: SeriesInfo | None = None
+
+    def fetch(self, folder: Path) -> SeriesInfo:
+        """Choose the series and stream it into ``folder``; returns the chosen series."""
+        self.series_list = list_series(self.client, self.study_uid)
+        self.chosen = choose_series(self.series_list, self.study_uid, self.series_uid)
+        self.clock.lap("select")
+        retrieve_series(self.client, self.study_uid, self.chosen, folder)
+        self.clock.lap("retrieve")
+        return self.chosen
+
+    def read(self, folder: Path):
+        """The fetched series as a Volume, with every reader and input check (and the outputs' own)."""
+        from service.input_checks import add_input_warnings, enforce_refusals
+        from service.io.dicom_series import read_dicom_folder
+        from service.outputs.selection import check_outputs_possible
+
+        name = f"series {self.chosen.uid if self.chosen else '?'}"
+        volume = add_input_warnings(read_dicom_folder(folder, name, self.settings.max_input_voxels))
+        enforce_refusals(volume, self.settings.refuse_warnings)
+        check_outputs_possible(volume, self.outputs)
+        self.clock.lap("read")
+        return volume
+
+    def store(self, built: dict[str, bytes]) -> list[StoredObject]:
+        """STOW-RS every built output in one request to the destination (confirmed by QIDO-RS)."""
+        same = self.destination is self.source
+        target = self.client if same else make_client(self.destination, self.settings)
+        stored = store_outputs(target, self.study_uid, built)
+        self.clock.lap("store")
+        return stored
+
+    def result(self, stored: list[StoredObject], metrics: CaseMetrics, volume) -> DicomWebResult:
+        return DicomWebResult(
+            study_uid=self.study_uid, series=self.chosen, stored=stored, source_url=self.source.url,
+            store_url=self.destination.url, metrics=metrics, seconds=self.clock.seconds,
+            warnings=as_dicts(warnings_of(volume)),
+            passed_over=[s.to_dict() for s in self.series_list if s is not self.chosen],
+        )
+
+
 def segment_study(
     settings: Settings, segmenter, *, study_uid: str, series_uid: str | None = None,
     outputs=("rtstruct",), url: str | None = None, should_stop: Callable[[], bool] | None = None,
@@ -81,53 +141,26 @@ def segment_study(
     """Segment one study's chosen CT series and store the outputs in the same study.
 
     ``segmenter`` is a ``service.segmenter.Segmenter``; ``url`` overrides ``settings.dicomweb_url``.
+    Every output is built in memory before the one STOW-RS, so a failure stores nothing.
 
     Raises:
         DicomWebUnavailableError, DicomWebNotFoundError, StowRefusedError, DicomWebError: the server.
         NoCtSeriesError: nothing to segment. DicomSeriesError: a partial or unreadable series.
         InvalidInputError / WarningRefusedError / InferenceError: as for any other case.
     """
-    outputs = dicom_outputs(outputs)
-    source = source_server(settings, url)
-    destination = store_server(settings, source)
-    client = make_client(source, settings)
-    clock = _Clock()
-    series_list = list_series(client, study_uid)
-    chosen = choose_series(series_list, study_uid, series_uid)
-    clock.lap("select")
-    with tempfile.TemporaryDirectory(prefix="swinxseg-dicomweb-", dir=ensure_base(settings.work_dir)) as tmp:
-        retrieve_series(client, study_uid, chosen, Path(tmp) / "series")
-        clock.lap("retrieve")
-        volume, result, built = _segment_folder(settings, segmenter, Path(tmp) / "series", chosen, outputs,
-                                                clock, should_stop)
-    target = client if destination is source else make_client(destination, settings)
-    stored = store_outputs(target, study_uid, built)
-    clock.lap("store")
-    return DicomWebResult(
-        study_uid=study_uid, series=chosen, stored=stored, source_url=source.url, store_url=destination.url,
-        metrics=result.metrics, seconds=clock.seconds, warnings=as_dicts(warnings_of(volume)),
-        passed_over=[s.to_dict() for s in series_list if s is not chosen],
-    )
-
-
-def _segment_folder(settings: Settings, segmenter, folder: Path, chosen: SeriesInfo, outputs, clock: _Clock,
-                    should_stop):
-    """Read (all reader checks), screen, segment and build every output in memory."""
-    from service.input_checks import add_input_warnings, enforce_refusals
-    from service.io.dicom_series import read_dicom_folder
     from service.outputs.dicom_common import model_info
-    from service.outputs.selection import check_outputs_possible, output_bytes
+    from service.outputs.selection import output_bytes
 
-    volume = add_input_warnings(read_dicom_folder(folder, f"series {chosen.uid}", settings.max_input_voxels))
-    enforce_refusals(volume, settings.refuse_warnings)
-    check_outputs_possible(volume, outputs)
-    clock.lap("read")
+    case = StudyCase(settings, study_uid=study_uid, series_uid=series_uid, outputs=outputs, url=url)
+    with tempfile.TemporaryDirectory(prefix="swinxseg-dicomweb-", dir=ensure_base(settings.work_dir)) as tmp:
+        case.fetch(Path(tmp) / "series")
+        volume = case.read(Path(tmp) / "series")
     result = segmenter.segment(volume, should_stop=should_stop)
-    clock.lap("segment")
+    case.clock.lap("segment")
     labels, model = segmenter.manifest.labels, model_info(segmenter.manifest)
-    built = {kind: output_bytes(kind, volume, result.mask, labels, model) for kind in outputs}
-    clock.lap("build")
-    return volume, result, built
+    built = {kind: output_bytes(kind, volume, result.mask, labels, model) for kind in case.outputs}
+    case.clock.lap("build")
+    return case.result(case.store(built), result.metrics, volume)
 
 
 def describe(server: Server) -> str:

@@ -2,8 +2,9 @@
 
 The rule (docs/PACS.md, "Which series is segmented"):
 
-1. A series asked for by UID is used if it is in the study and its Modality is CT; otherwise the
-   request fails (``DicomWebNotFoundError`` / ``NoCtSeriesError``), it is never swapped for another.
+1. A series asked for by UID is used if it is in the study and passes the checks of point 2;
+   otherwise the request fails (``DicomWebNotFoundError`` / ``NoCtSeriesError``): it is never
+   swapped for another series.
 2. Otherwise the candidates are the study's series with Modality CT whose Image Type (0008,0008)
    names neither LOCALIZER nor SCOUT and whose slices are axial (the slice normal from Image
    Orientation (Patient) within 30 degrees of the patient's feet-head axis).
@@ -144,7 +145,7 @@ def choose_series(series: list[SeriesInfo], study_uid: str, series_uid: str | No
         asked = next((s for s in series if s.uid == series_uid), None)
         if asked is None:
             raise DicomWebNotFoundError(f"series {series_uid} is not in study {study_uid}")
-        if asked.modality != "CT" or not asked.instances:
+        if asked.rejected:
             raise NoCtSeriesError(f"series {series_uid} cannot be segmented: {asked.rejected}")
         return asked
     candidates = sorted((s for s in series if not s.rejected), key=_rank)

@@ -55,6 +55,8 @@ class OrthancServer:
     folder: Path
     lua: list[Path] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)  # e.g. deploy/orthanc/orthanc.json, under the test overrides
+    env: dict = field(default_factory=dict)  # added to the Orthanc process's environment
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -70,10 +72,12 @@ class OrthancServer:
     def config(self) -> dict:
         storage = self.folder / "storage"
         return {
+            **self.base,
             "Name": "swinxseg-test", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": AET,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-            "Plugins": [str(dicomweb_plugin())], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "Plugins": self.base.get("Plugins", [str(dicomweb_plugin())]),
+            "DicomWeb": self.base.get("DicomWeb", {"Enable": True, "Root": "/dicom-web/"}),
             "StableAge": 1, "LuaScripts": [str(p) for p in self.lua], "DicomCheckCalledAet": False,
             "HttpTimeout": 60, **self.extra,
         }
@@ -84,7 +88,7 @@ class OrthancServer:
         config.write_text(json.dumps(self.config(), indent=2))
         log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - kept open for the process
         self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self.folder)
+                                        cwd=self.folder, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

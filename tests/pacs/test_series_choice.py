@@ -83,3 +83,9 @@ def test_the_rule_order_most_slices_then_thinnest_then_series_number():
     assert "not axial" in series[0].rejected and "not CT" in series[1].rejected and "scout" in series[6].rejected
     with pytest.raises(NoCtSeriesError, match="1.2 cannot be segmented: modality SEG"):
         choose_series(series, "9", "1.2")
+
+
+def test_an_asked_series_must_pass_the_rule_too():
+    series = [_info("1.3", 120, 1.0), _info("1.7", 3, 0.6, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))]
+    with pytest.raises(NoCtSeriesError, match="1.7 cannot be segmented: a localizer"):
+        choose_series(series, "9", "1.7")
