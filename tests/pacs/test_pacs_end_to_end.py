@@ -147,3 +147,36 @@ def test_failures_over_http_are_clean_failed_jobs(pacs, real_slices, tmp_path):
     assert refused.status_code == 422 and "url" in refused.json()["detail"]
     assert httpx.post(f"{server.base_url}/v1/dicomweb/jobs", json={"study_uid": unknown}).status_code == 401
     assert httpx.get(f"{server.base_url}/readyz").status_code == 200  # still serving
+
+
+def test_a_partial_series_and_a_study_without_ct_are_failed_jobs(pacs, real_slices, tmp_path):
+    orthanc, server = pacs
+    folder = ct_series(tmp_path / "ct", real_slices[:10])
+    ct = pydicom.dcmread(sorted(folder.iterdir())[5], stop_before_pixels=True)
+    orthanc.send(folder)
+    orthanc.delete_instance(ct.SOPInstanceUID)
+    view = _finished(server, _post(server, {"study_uid": ct.StudyInstanceUID}).json()["id"])
+    assert view["status"] == "failed" and view["error"]["error"] == "invalid_dicom_series"
+    assert "missing slices" in view["error"]["detail"]
+
+    scout = ct_series(tmp_path / "scout", real_slices[:2])
+    study = generate_uid()
+    relabel(scout, study_uid=study, series_number=1, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    orthanc.send(scout)
+    view = _finished(server, _post(server, {"study_uid": study}).json()["id"])
+    assert view["status"] == "failed" and view["error"]["error"] == "no_ct_series"
+    assert sorted(s["modality"] for s in orthanc.series_of_study(study)) == ["CT"]  # nothing stored
+
+
+def test_a_hung_pacs_is_a_failed_job_and_the_service_keeps_serving(pacs):
+    orthanc, server = pacs
+    orthanc.pause()
+    try:
+        job = _post(server, {"study_uid": generate_uid()})
+        assert job.status_code == 202
+        assert httpx.get(f"{server.base_url}/readyz", timeout=5).status_code == 200  # serving meanwhile
+        view = _finished(server, job.json()["id"], timeout=60)
+    finally:
+        orthanc.resume()
+    assert view["status"] == "failed" and view["error"]["error"] == "dicomweb_unavailable"
+    assert "did not answer in time" in view["error"]["detail"] and PASSWORD not in view["error"]["detail"]
