@@ -70,6 +70,7 @@ def executor(case: StudyCase):
                 on_running()
                 volume = await run_blocking(case.read, folder)
                 result = await run_blocking(context.segmenter.segment, volume, should_stop=job.cancel.is_set)
+                case.clock.lap("segment")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         if job.cancel.is_set():
@@ -87,6 +88,7 @@ async def _finish(job: Job, case: StudyCase, context: JobContext, volume, result
         write_job_results, job.folder, volume, result.mask, outputs=job.outputs,
         manifest=getattr(context.segmenter, "manifest", None), metrics=result.metrics,
     )
+    case.clock.lap("write")
     built = {kind: job.output_path(kind).read_bytes() for kind in job.outputs}
     stored = await run_blocking(case.store, built)
     summary = case.result(stored, result.metrics, volume).to_dict()

@@ -104,6 +104,7 @@ def test_a_stored_ct_series_gets_its_rtstruct_and_seg_in_the_same_study(pacs, re
     view = _finished(server, again.json()["id"])
     assert view["status"] == "done", view
     stored = {o["modality"]: o for o in view["dicomweb"]["stored"]}
+    print(f"job steps (s): {view['dicomweb']['seconds']}; segmentation {view['metrics']['total_seconds']} s")
     assert view["dicomweb"]["chosen_series"]["series_uid"] == ct.SeriesInstanceUID
     series = orthanc.series_of_study(ct.StudyInstanceUID)
     assert sorted(s["modality"] for s in series) == ["CT", "CT", "RTSTRUCT", "SEG"]  # one of each output
