@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint lint-docker demo prometheus redis dicom3tools orthanc export-demo bench gpu-check image-tools image-test clean help
+.PHONY: install test lint lint-docker demo prometheus redis dicom3tools orthanc chromium vendor-niivue export-demo bench gpu-check image-tools image-test clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
@@ -49,6 +49,16 @@ orthanc:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dcmtk >/dev/null) \
 	  || echo "warning: could not install orthanc, orthanc-dicomweb or dcmtk; the PACS tests will be skipped"; }
 
+# Headless Chromium and its WebDriver for the web page's browser tests (Debian packages).
+chromium:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "warning: could not install chromium/chromium-driver; the web page's browser tests will be skipped"; }
+
+# Re-vendor the NiiVue viewer the page uses (service/web/vendor/niivue/) from npm; NIIVUE_VERSION=x.y.z to change it.
+vendor-niivue:
+	bash deploy/vendor-niivue.sh
+
 # Rootful podman, runc and debootstrap build and run the image here (no Docker engine; Debian packages).
 image-tools:
 	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
@@ -65,7 +75,7 @@ lint: install lint-docker
 lint-docker: install
 	$(BIN)/hadolint Dockerfile
 
-test: install prometheus redis dicom3tools orthanc lint
+test: install prometheus redis dicom3tools orthanc chromium lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install

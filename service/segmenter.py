@@ -23,6 +23,7 @@ from service.labels import FLARE23_LABELS
 from service.manifest import ArchitectureConfig, ModelManifest, load_manifest
 from service.memory import GpuMemoryTracker, apply_gpu_memory_cap, peak_rss_mb
 from service.metrics_types import CaseMetrics, SegmentationResult
+from service.progress import ProgressCallback
 from service.settings import Settings
 from service.volume import Volume
 from service.work_limits import check_model_grid, check_window_count
@@ -125,10 +126,13 @@ class Segmenter:
         *,
         overlap: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> SegmentationResult:
         """Segment one CT. Returns a uint8 mask with exactly ``volume``'s shape and affine.
 
-        ``should_stop`` is polled between window batches (a deleted job). Raises
+        ``should_stop`` is polled between window batches (a deleted job). ``progress`` is called
+        as ``progress("preprocessing", 0, 0)``, then ``progress("inference", done, total)``
+        before the first window batch and after each (:mod:`service.progress`). Raises
         InputTooLargeError (the model grid is over ``max_model_grid_voxels``, checked before it
         is allocated), InvalidInputError (bad overlap; more than ``max_windows_per_case``
         windows, checked before any runs), CaseCancelledError, InferenceError.
@@ -149,6 +153,8 @@ class Segmenter:
         started = time.perf_counter()
         self._tracker.reset()
         with self._tracker:
+            if progress is not None:
+                progress("preprocessing", 0, 0)
             with self._stage(metrics, "preprocess"):
                 prepared = preprocess(
                     volume,
@@ -161,7 +167,7 @@ class Segmenter:
                 metrics.model_grid_shape = tuple(int(s) for s in prepared.image.shape)
             check_window_count(prepared.image.shape, self.roi, overlap, self.settings.max_windows_per_case)
             with self._stage(metrics, "infer"):
-                labels = self._infer(prepared, overlap, metrics, should_stop)
+                labels = self._infer(prepared, overlap, metrics, should_stop, progress)
                 del prepared.image
             with self._stage(metrics, "postprocess"):
                 restored = restore_labels(labels, prepared.record)
@@ -196,10 +202,16 @@ class Segmenter:
         return int(max(1, min(_MAX_AUTO_BATCH, budget // per_window)))
 
     def _infer(
-        self, prepared, overlap: float, metrics: CaseMetrics, should_stop: Callable[[], bool] | None
+        self,
+        prepared,
+        overlap: float,
+        metrics: CaseMetrics,
+        should_stop: Callable[[], bool] | None,
+        progress: ProgressCallback | None = None,
     ) -> np.ndarray:
         options = dict(
             should_stop=should_stop,
+            on_windows=None if progress is None else lambda done, total: progress("inference", done, total),
             roi=self.roi,
             overlap=overlap,
             sw_batch_size=self._window_batch_size(),

@@ -29,6 +29,7 @@ from service.io.readers import read_volume_upload
 from service.io.writers import mask_to_nifti_bytes
 from service.metrics_types import CaseMetrics, SegmentationResult
 from service.outputs.selection import check_outputs_possible, output_bytes
+from service.progress import ProgressCallback
 from service.settings import Settings
 from service.volume import Volume
 
@@ -47,7 +48,8 @@ class SegmenterLike(Protocol):
     def warmup(self) -> None: ...
 
     def segment(
-        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None
+        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> SegmentationResult: ...
 
 
@@ -110,6 +112,7 @@ async def segment_case(
     load_in_slot: bool = False,
     on_running: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> CaseOutcome:
     """Run the blocking ``load()`` (read + decode the CT), then ``segment`` holding the slot.
 
@@ -117,7 +120,7 @@ async def segment_case(
     is refused without waiting and decoding overlaps the running case. ``True`` (jobs) decodes
     only once the slot is held, so queued jobs wait as files on disk rather than as decoded
     volumes in memory. ``on_running`` is called once the slot is held; ``should_stop`` is handed
-    to the segmenter, which polls it between window batches.
+    to the segmenter, which polls it between window batches, and so is ``progress``.
     """
     started = time.perf_counter()
     volume = None if load_in_slot else await run_blocking(load)
@@ -129,8 +132,10 @@ async def segment_case(
         if volume is None:
             volume = await run_blocking(load)
         load_seconds = time.perf_counter() - started - queue_seconds
-        stop = {} if should_stop is None else {"should_stop": should_stop}
-        result = await run_blocking(segmenter.segment, volume, overlap=overlap, **stop)
+        # Only what was given: simpler segmenters (test fakes, tools) need not take every hook.
+        hooks = {name: hook for name, hook in (("should_stop", should_stop), ("progress", progress))
+                 if hook is not None}
+        result = await run_blocking(segmenter.segment, volume, overlap=overlap, **hooks)
     result.metrics.seconds.setdefault("load", round(load_seconds, 4))
     return CaseOutcome(ct=volume, result=result, queue_seconds=queue_seconds, started=started)
 

@@ -68,8 +68,10 @@ def executor(case: StudyCase):
             async with ticket.running():
                 queue_seconds = time.perf_counter() - waiting_since
                 on_running()
+                job.progress.update("reading")
                 volume = await run_blocking(case.read, folder)
-                result = await run_blocking(context.segmenter.segment, volume, should_stop=job.cancel.is_set)
+                result = await run_blocking(context.segmenter.segment, volume, should_stop=job.cancel.is_set,
+                                            progress=job.progress)
                 case.clock.lap("segment")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -84,6 +86,7 @@ async def _finish(job: Job, case: StudyCase, context: JobContext, volume, result
                   queue_seconds: float) -> None:
     """Write the job's files, STOW-RS its DICOM outputs, record what was stored."""
     job.warnings = _warnings(volume)
+    job.progress.update("writing")
     job.statistics = await run_blocking(
         write_job_results, job.folder, volume, result.mask, outputs=job.outputs,
         manifest=getattr(context.segmenter, "manifest", None), metrics=result.metrics,

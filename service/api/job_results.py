@@ -2,7 +2,8 @@
 
 ``<job folder>/``: ``mask.nii.gz`` (always: the job's mask, its preview and its statistics come
 from it), ``rtstruct.dcm`` and ``seg.dcm`` when asked for (``outputs``), ``preview.png`` when
-wanted. Every DICOM output is built in memory before any file is written, and each file goes
+wanted, ``image.nii.gz`` (the CT itself as int16 NIfTI on the mask's affine, for the web
+page's viewer) when asked for (``image=true``). Every DICOM output is built in memory before any file is written, and each file goes
 through a temp name and a rename, so a job never shows half an output: a writer's refusal (a
 series the RTSTRUCT cannot reference) fails the job with nothing written.
 """
@@ -14,7 +15,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.io.writers import mask_to_nifti_bytes
+import numpy as np
+
+from service.io.writers import mask_to_nifti_bytes, write_ct
 from service.labels import FLARE23_LABELS
 from service.outputs.dicom_common import ModelInfo, model_info, write_bytes_atomically
 from service.outputs.selection import DICOM_OUTPUTS, output_bytes
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from service.metrics_types import CaseMetrics
 
 MASK_NAME, PREVIEW_NAME = "mask.nii.gz", "preview.png"
+IMAGE_NAME = "image.nii.gz"  # the input CT for the web page's viewer (image=true)
 # The file of each output kind inside a job folder (the download name adds the case name).
 OUTPUT_FILES = {"nifti": MASK_NAME, "rtstruct": "rtstruct.dcm", "seg": "seg.dcm"}
 
@@ -47,6 +51,7 @@ def write_job_results(
     metrics: CaseMetrics,
     preview_title: str | None = None,
     want_preview: bool = False,
+    want_image: bool = False,
 ) -> list[dict]:
     """Write the job's files (blocking) and return its organ statistics (one dict per label
     present: voxels, volume mL, HU, centroid and box in RAS+ mm; see
@@ -63,6 +68,8 @@ def write_job_results(
     write_bytes_atomically(mask_to_nifti_bytes(mask), folder / MASK_NAME)
     for kind, data in built.items():
         write_bytes_atomically(data, folder / OUTPUT_FILES[kind])
+    if want_image:
+        write_viewer_image(ct, folder / IMAGE_NAME)
     metrics.seconds["write"] = round(time.perf_counter() - started, 4)
     if want_preview:
         from service.preview import render_preview  # matplotlib: only when a preview is wanted
@@ -71,3 +78,12 @@ def write_job_results(
         render_preview(ct, mask, scratch, title=preview_title)
         scratch.replace(folder / PREVIEW_NAME)
     return statistics
+
+
+def write_viewer_image(ct: Volume, path: Path) -> None:
+    """The CT as int16 NIfTI (HU, clipped to the int16 range: it is for display) on the CT's own
+    affine, which is the mask's, so a viewer lays the mask over it voxel for voxel (atomic)."""
+    voxels = np.asarray(ct.array)
+    if voxels.dtype != np.int16:
+        voxels = np.clip(np.rint(voxels), -32768, 32767).astype(np.int16)
+    write_ct(ct.with_array(voxels), path)

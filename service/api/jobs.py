@@ -3,7 +3,7 @@
 A job owns ``<storage>/<id>/`` (:func:`service.storage.storage_root`, outside the per-process
 work folder so that it survives a restart): the upload while it waits (``input.bin``, decoded
 only once the job holds the inference slot, so a queue of jobs costs disk, not memory), then its
-named result files (``mask.nii.gz``, ``preview.png``). Its record (status, times, metrics,
+named result files (``mask.nii.gz``, ``preview.png``, ``image.nii.gz`` for the web page). Its record (status, times, metrics,
 warnings, error) lives in SQLite beside the folders (:mod:`service.api.job_records`), so after a
 restart finished jobs still answer with their results until they expire, and jobs that were
 queued or running are marked failed with the reason (``interrupted``: their process is gone;
@@ -36,7 +36,7 @@ from service.api.cases import SegmenterLike, decode_upload, run_blocking, segmen
 from service.api.errors import INTERNAL_ERROR_CODE, GoneError, NotFoundError
 from service.api.gpu_guard import Ticket
 from service.api.job_records import JobRecords
-from service.api.job_results import MASK_NAME, OUTPUT_FILES, PREVIEW_NAME, write_job_results
+from service.api.job_results import IMAGE_NAME, MASK_NAME, OUTPUT_FILES, PREVIEW_NAME, write_job_results
 from service.api.metrics import ServiceMetrics
 from service.api.schemas import JobStatus
 from service.api.uploads import Upload
@@ -44,6 +44,7 @@ from service.case_warnings import as_dicts, warnings_of
 from service.errors import SwinxsegError
 from service.input_checks import enforce_refusals
 from service.outputs.selection import check_outputs_possible
+from service.progress import Progress
 from service.settings import Settings
 from service.storage import is_job_id
 from service.volume import Volume
@@ -82,6 +83,9 @@ class Job:
     task: asyncio.Task | None = field(default=None, repr=False)
     # Set by DELETE (and shutdown): the worker thread polls it between window batches.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    want_image: bool = False  # keep image.nii.gz (not in the record: the file says it was)
+    # Live while queued or running (this process); a finished job's is derived from its record.
+    progress: Progress = field(default_factory=Progress, repr=False)
 
     @property
     def mask_path(self) -> Path:
@@ -97,6 +101,22 @@ class Job:
 
     def output_path(self, kind: str) -> Path:
         return self.folder / OUTPUT_FILES[kind]
+
+    @property
+    def image_path(self) -> Path:
+        return self.folder / IMAGE_NAME
+
+    def progress_view(self) -> dict | None:
+        """The ``progress`` of the job status: live while it runs, complete once done, None when it failed."""
+        if self.status == "done":
+            windows = int((self.metrics or {}).get("windows_run") or 0)
+            return {"stage": "done", "windows_done": windows, "windows_total": windows}
+        if self.status == "failed":
+            return None
+        view = self.progress.as_dict()
+        if self.status == "running" and view["stage"] == "queued":
+            view["stage"] = "reading"  # holds the slot, not decoded yet (or another process's job)
+        return view
 
     def record(self, owner: str) -> dict:
         """The row :class:`JobRecords` keeps (everything but the live task)."""
@@ -177,7 +197,7 @@ class JobStore:
     # ------------------------------------------------------------------ lifecycle
     async def submit(
         self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
-        outputs: tuple[str, ...] = ("nifti",),
+        outputs: tuple[str, ...] = ("nifti",), want_image: bool = False,
     ) -> Job:
         """Store the upload in the job's folder and start its worker task."""
         job_id = uuid.uuid4().hex
@@ -191,6 +211,7 @@ class JobStore:
             want_preview=want_preview,
             created_at=self.clock(),
             outputs=outputs,
+            want_image=want_image,
         )
         try:
             # A queued job waits as a file (the spool file, moved), decoded only in the slot.
@@ -225,6 +246,14 @@ class JobStore:
         """The newest unexpired job submitted with idempotency ``key``, or None."""
         job_id = self.records.find_key(key)
         return None if job_id is None else self.get(job_id)
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job to run, 2 for the one after...: this server's queued jobs submitted
+        before it, plus one; None unless queued. (A synchronous request may still go first.)"""
+        if job.status != "queued":
+            return None
+        return 1 + sum(1 for other in self._jobs.values()
+                       if other.status == "queued" and other.created_at < job.created_at)
 
     def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
@@ -295,6 +324,7 @@ class JobStore:
     # ------------------------------------------------------------------ worker
     @staticmethod
     def _load_input(job: Job, context: JobContext) -> Volume:
+        job.progress.update("reading")
         upload = Upload(path=job.input_path, filename=job.filename, media_type=job.media_type)
         volume = decode_upload(upload, settings=context.settings, work_dir=context.work_dir)
         job.input_path.unlink(missing_ok=True)
@@ -332,13 +362,15 @@ class JobStore:
             load_in_slot=True,
             on_running=lambda: self._start(job),
             should_stop=job.cancel.is_set,
+            progress=job.progress,
         )
         if job.cancel.is_set():
             return
+        job.progress.update("writing")
         job.statistics = await run_blocking(
             write_job_results, job.folder, outcome.ct, outcome.result.mask, outputs=job.outputs,
             manifest=getattr(context.segmenter, "manifest", None), metrics=outcome.metrics,
-            preview_title=job.filename, want_preview=job.want_preview,
+            preview_title=job.filename, want_preview=job.want_preview, want_image=job.want_image,
         )
         context.metrics.observe_case(
             outcome.metrics, case_seconds=outcome.case_seconds(), queue_seconds=outcome.queue_seconds

@@ -21,8 +21,9 @@ from service.api.errors import GoneError, NotFoundError, QueueUnavailableError
 from service.api.gpu_guard import Ticket
 from service.api.jobs import INPUT_NAME, Job, JobContext, reap_periodically
 from service.api.uploads import Upload
+from service.progress import Progress
 from service.queue.celery_app import TASK_NAME, redacted
-from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
+from service.queue.job_files import JOB_FILE, PROGRESS_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -83,13 +84,14 @@ class QueueJobStore:
     # ------------------------------------------------------------------ lifecycle
     async def submit(
         self, upload: Upload, ticket: Ticket, context: JobContext, *, overlap: float | None, want_preview: bool,
-        outputs: tuple[str, ...] = ("nifti",),
+        outputs: tuple[str, ...] = ("nifti",), want_image: bool = False,
     ) -> Job:
         """Move the upload into shared storage and enqueue the job (503 when Redis is down)."""
         job_id = uuid.uuid4().hex
         folder = self.root / job_id
         meta = {"id": job_id, "filename": upload.filename, "media_type": upload.media_type,
-                "want_preview": want_preview, "overlap": overlap, "created_at": self.clock(), "outputs": list(outputs)}
+                "want_preview": want_preview, "overlap": overlap, "created_at": self.clock(), "outputs": list(outputs),
+                "want_image": want_image}
         try:
             folder.mkdir()
             await run_blocking(shutil.move, upload.path, folder / INPUT_NAME)  # storage may be another volume
@@ -124,15 +126,30 @@ class QueueJobStore:
         job = Job(id=job_id, folder=folder, filename=meta["filename"], media_type=meta["media_type"],
                   want_preview=meta["want_preview"], created_at=meta["created_at"],
                   outputs=tuple(meta.get("outputs") or ("nifti",)))
+        job.want_image = bool(meta.get("want_image"))
         running, result = read_json(folder / RUNNING_FILE), read_json(folder / RESULT_FILE)
         if running is not None:
             job.status, job.started_at = "running", running["started_at"]
+            job.progress = _progress_of(folder / PROGRESS_FILE)
         if result is not None:
             job.status, job.started_at, job.finished_at = result["status"], result["started_at"], result["finished_at"]
             job.metrics, job.warnings = result.get("metrics"), result.get("warnings") or []
             job.statistics = result.get("statistics")
             job.error = tuple(result["error"]) if result.get("error") else None
         return job
+
+    def queue_position(self, job: Job) -> int | None:
+        """1 for the next job a worker takes: the job's place on the Redis list from its BRPOP end
+        (None unless queued, or when Redis is unreachable or the task is already taken)."""
+        if job.status != "queued":
+            return None
+        try:
+            with self.celery.connection_for_read() as connection:
+                raw = connection.default_channel.client.lrange(self.settings.queue_name, 0, -1)
+        except Exception:
+            return None
+        ids = [json.loads(item).get("headers", {}).get("id") for item in reversed(raw)]
+        return ids.index(job.id) + 1 if job.id in ids else None
 
     def delete(self, job_id: str) -> None:
         """Remove the job's folder: a worker skips a job without one, and a running case stops
@@ -164,3 +181,16 @@ class QueueJobStore:
 
     def recover(self) -> list[str]:
         return []
+
+
+def _progress_of(path: Path) -> Progress:
+    """A running job's progress as its worker last wrote it (``reading`` before its first write;
+    a file two workers raced on, which a redelivered job can cause, reads as unknown)."""
+    progress = Progress("reading")
+    try:
+        saved = read_json(path)
+    except ValueError:
+        saved = None
+    if saved is not None and saved.get("stage") in ("reading", "preprocessing", "inference", "writing"):
+        progress.update(saved["stage"], int(saved.get("windows_done", 0)), int(saved.get("windows_total", 0)))
+    return progress

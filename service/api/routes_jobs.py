@@ -1,4 +1,4 @@
-"""The jobs API: submit a CT (202), poll it, fetch its outputs, statistics and preview, delete it (204)."""
+"""The jobs API: submit a CT (202), poll it, fetch its outputs, statistics, preview and CT image, delete it (204)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from service.api.deps import JobsDep, JobSegmenterDep, RuntimeDep, require_api_k
 from service.api.errors import ConflictError, NotFoundError
 from service.api.jobs import Job, JobContext, JobStore, iso
 from service.api.params import UPLOAD_BODY, FilenameHeader, FilenameQuery, OverlapQuery
-from service.api.schemas import ERROR_RESPONSES, ErrorBody, JobError, JobLinks, JobStatistics, JobView
+from service.api.schemas import (
+    ERROR_RESPONSES,
+    ErrorBody,
+    JobError,
+    JobLinks,
+    JobProgress,
+    JobStatistics,
+    JobView,
+)
 from service.api.uploads import case_name_of
 from service.errors import InvalidInputError
 from service.io.readers import check_upload_header
@@ -53,12 +61,22 @@ def job_view(job: Job, store: JobStore, request: Request) -> JobView:
         outputs=list(job.outputs),
         statistics=job.statistics,
         dicomweb=job.dicomweb,
+        progress=_progress(job, store),
         links=JobLinks(
             self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview"),
-            statistics=link("get_job_statistics"),
+            statistics=link("get_job_statistics"), image=link("get_job_image"),
             outputs={kind: link("get_job_output", kind=kind) for kind in job.outputs},
         ),
     )
+
+
+def _progress(job: Job, store: JobStore) -> JobProgress | None:
+    view = job.progress_view()
+    if view is None:
+        return None
+    if view["stage"] == "queued":
+        view["queue_position"] = store.queue_position(job)
+    return JobProgress(**view)
 
 
 def _check_outputs_fit_upload(outputs: tuple[str, ...], upload_format: str) -> None:
@@ -93,6 +111,7 @@ async def submit_job(
     segmenter: JobSegmenterDep,
     overlap: OverlapQuery = None,
     preview: Annotated[bool, Query(description="also render preview.png when done")] = True,
+    image: Annotated[bool, Query(description="also keep the CT as image.nii.gz (for the web page's viewer)")] = False,
     outputs: OutputsQuery = None,
     filename: FilenameQuery = None,
     x_filename: FilenameHeader = None,
@@ -114,7 +133,8 @@ async def submit_job(
         # Refuse what can be refused without decoding (format, external data) now, not in the slot.
         upload_format = await run_blocking(check_upload_header, upload.path, filename=upload.reader_filename)
         _check_outputs_fit_upload(kinds, upload_format)
-        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview, outputs=kinds)
+        job = await runtime.jobs.submit(upload, ticket, context, overlap=overlap, want_preview=preview, outputs=kinds,
+                                       want_image=image)
     except BaseException:
         ticket.close()  # the job task never started, so the queue place is still ours
         upload.discard()
@@ -183,6 +203,25 @@ async def get_job_statistics(job_id: JobId, jobs: JobsDep) -> JobStatistics:
     bounding box in RAS+ world mm (a DICOM viewer's LPS is x and y negated)."""
     job = _done(jobs.get(job_id))
     return JobStatistics(job_id=job.id, organs=job.statistics or [])
+
+
+@router.get(
+    "/{job_id}/image.nii.gz",
+    name="get_job_image",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "the input CT as int16 NIfTI"},
+               **_JOB_ERRORS},
+)
+async def get_job_image(job_id: JobId, jobs: JobsDep) -> FileResponse:
+    """The CT the job segmented, as NIfTI (HU, int16) with the mask's affine, whatever the upload's
+    format (a DICOM series too), so a viewer can show the mask over it. Only for jobs submitted
+    with ``image=true`` (the web page does); 404 otherwise."""
+    job = _done(jobs.get(job_id))
+    if not job.image_path.is_file():
+        raise NotFoundError(f"job {job.id} was submitted without image=true: it kept no CT image")
+    return FileResponse(
+        job.image_path, media_type="application/gzip", filename=f"{case_name_of(job.filename)}_image.nii.gz"
+    )
 
 
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=_JOB_ERRORS)

@@ -59,6 +59,18 @@ class JobLinks(BaseModel):
     outputs: dict[str, str] = Field(
         default_factory=dict, description="one download link per output kind asked for (nifti, rtstruct, seg)"
     )
+    image: str = Field(description="the input CT as NIfTI on the mask's grid (jobs submitted with image=true)")
+
+
+class JobProgress(BaseModel):
+    stage: Literal["queued", "reading", "preprocessing", "inference", "writing", "done"] = Field(
+        description="queued -> reading (decoding the upload) -> preprocessing -> inference -> writing -> done"
+    )
+    windows_done: int = Field(description="sliding windows run so far (0 before inference)")
+    windows_total: int = Field(description="sliding windows to run (known once inference starts; 0 before)")
+    queue_position: int | None = Field(
+        None, description="while queued: 1 = next to run (embedded mode; queue mode: place on the job queue)"
+    )
 
 
 class OrganStatisticsBody(BaseModel):
@@ -101,6 +113,9 @@ class JobView(BaseModel):
         None, description="a DICOMweb job (POST /v1/dicomweb/jobs): study_uid, series_uid asked for, source_url, "
         "store_url; chosen_series once fetched; stored (modality, series_uid, sop_instance_uid each), seconds "
         "per step and the passed-over series once done",
+    )
+    progress: JobProgress | None = Field(
+        None, description="stage and windows done of windows to run; null once the job failed"
     )
     links: JobLinks
 

@@ -191,9 +191,11 @@ class _Runner:
         batch_size: int,
         on_slab: Callable[[int, int], None] | None,
         should_stop: Callable[[], bool] | None = None,
+        on_windows: Callable[[int, int], None] | None = None,
     ) -> None:
         self.image, self.predictor, self.roi = image, predictor, roi
         self.should_stop = should_stop
+        self.on_windows = on_windows
         self.importance, self.slab, self.sink = importance, slab, sink
         self.batch_size = batch_size
         self.on_slab = on_slab
@@ -202,6 +204,7 @@ class _Runner:
 
     def run(self, windows: Sequence[Window]) -> None:
         i = 0
+        self._report(0, len(windows))
         while i < len(windows):
             if self.should_stop is not None and self.should_stop():
                 # Between window batches: nothing half-blended is kept, the caller frees the slot.
@@ -219,7 +222,13 @@ class _Runner:
             del logits
             self.windows_run += len(chunk)
             i += len(chunk)
+            self._report(i, len(windows))
         self.finalize(self.slab.lo + self.slab.depth)
+
+    def _report(self, done: int, total: int) -> None:
+        # Alongside the cancel poll: once per window batch, never inside a forward pass.
+        if self.on_windows is not None:
+            self.on_windows(done, total)
 
     def _forward(self, chunk: Sequence[Window]) -> torch.Tensor:
         """Windows -> logits (B, C, Rx, Ry, Rz) on the predictor's device."""
@@ -413,6 +422,7 @@ def sliding_window_labels(
     output: Literal["labels", "scores"] = "labels",
     on_slab: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_windows: Callable[[int, int], None] | None = None,
 ) -> StitchResult:
     """Gaussian-blended sliding-window inference over ``image``, streamed along ``stream_axis``.
 
@@ -432,6 +442,8 @@ def sliding_window_labels(
         on_slab: called as ``on_slab(start, stop)`` after each finalised slab reaches the host;
             indices along the streamed axis (``StitchResult.stream_axis``).
         should_stop: polled before each window batch; when it returns True the run stops.
+        on_windows: called as ``on_windows(done, total)`` before the first window batch (0) and
+            after each one: windows run so far of the windows to run (skipped ones not counted).
 
     Raises:
         StitchOutOfMemory: CUDA ran out of memory at batch size 1 or while stitching.
@@ -451,7 +463,7 @@ def sliding_window_labels(
     sink = (_LabelSink if output == "labels" else _ScoreSink)(shape, channels)
     importance = gaussian_importance(roi_t, sigma_scale, device=acc_device, dtype=accumulate_dtype)
     runner = _Runner(image, predictor, roi=roi_t, importance=importance, slab=slab, sink=sink,
-                     batch_size=sw_batch_size, on_slab=on_slab, should_stop=should_stop)
+                     batch_size=sw_batch_size, on_slab=on_slab, should_stop=should_stop, on_windows=on_windows)
     _run_or_release(runner, windows)
     logger.debug("stitched %s along axis %d: %d windows run, %d skipped, slab %.1f MB on %s",
                  shape, axis, runner.windows_run, skipped, slab.nbytes / 2**20, acc_device)

@@ -2,7 +2,8 @@
 
 ``<storage>/<id>/``: ``job.json`` (what was submitted: written by the API before the task is
 sent), ``input.bin`` (the upload, removed once the result is written), ``running.json`` (the
-worker that took it, and when), then the named result files (``mask.nii.gz``, ``preview.png``)
+worker that took it, and when), ``progress.json`` (stage and windows done, rewritten as the case
+runs), then the named result files (``mask.nii.gz``, ``preview.png``)
 and ``result.json`` last. ``result.json`` is what makes a job finished; every file is written
 to a temp name and renamed, so a reader (or a worker that takes over after another died) never
 sees half a file, and a second delivery of a finished job finds ``result.json`` and stops.
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 JOB_FILE, RUNNING_FILE, RESULT_FILE = "job.json", "running.json", "result.json"
+PROGRESS_FILE = "progress.json"
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -7,7 +7,9 @@ call of :func:`run_job`, which runs in the Celery task. Deleting the job's folde
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from service.errors import SwinxsegError
 from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
 from service.outputs.selection import check_outputs_possible
-from service.queue.job_files import JOB_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
+from service.progress import Progress
+from service.queue.job_files import JOB_FILE, PROGRESS_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -77,6 +80,8 @@ def run_job(job_id: str, context: WorkerContext) -> dict:
 def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: float) -> dict:
     settings = context.settings
     began = time.perf_counter()
+    progress = Progress("reading", on_change=_ProgressFile(folder / PROGRESS_FILE))
+    progress.update("reading")
     upload = Upload(path=folder / INPUT_NAME, filename=meta["filename"], media_type=meta["media_type"])
     volume = read_volume_upload(
         upload.path, filename=upload.reader_filename, max_voxels=settings.max_input_voxels,
@@ -85,11 +90,45 @@ def _segment(folder: Path, meta: dict, context: WorkerContext, *, queued_s: floa
     volume = screen_input(volume, refuse=settings.refuse_warnings)
     outputs = tuple(meta.get("outputs") or ("nifti",))
     check_outputs_possible(volume, outputs)  # before inference: a refused output costs nothing
-    outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir())
+    outcome = context.segmenter.segment(volume, overlap=meta.get("overlap"), should_stop=lambda: not folder.is_dir(),
+                                        progress=progress)
+    progress.update("writing")
     statistics = write_job_results(
         folder, volume, outcome.mask, outputs=outputs, manifest=getattr(context.segmenter, "manifest", None),
         metrics=outcome.metrics, preview_title=meta["filename"], want_preview=bool(meta.get("want_preview")),
+        want_image=bool(meta.get("want_image")),
     )
     context.metrics.observe_case(outcome.metrics, case_seconds=time.perf_counter() - began, queue_seconds=queued_s)
     return {"status": "done", "metrics": outcome.metrics.to_dict(), "warnings": as_dicts(warnings_of(volume)),
             "statistics": statistics}
+
+
+class _ProgressFile:
+    """Writes a job's progress to ``progress.json`` for the API to read: each stage change, and
+    window counts at most every ``interval_s`` (a batch of windows can take milliseconds).
+
+    Through one fixed temp name and a rename, without fsync (progress need not survive a crash):
+    a worker killed mid-write leaves at most ``.progress.json.tmp``, which the worker that takes
+    the job over renames away with its first write, so no stray temp file stays behind.
+    """
+
+    def __init__(self, path: Path, *, interval_s: float = 0.5) -> None:
+        self.path, self.interval_s = path, interval_s
+        self.scratch = path.with_name(f".{path.name}.tmp")
+        self._last: tuple[str, float] | None = None
+
+    def __call__(self, snapshot: dict) -> None:
+        now = time.monotonic()
+        stage = snapshot["stage"]
+        finished_inference = stage == "inference" and snapshot["windows_done"] == snapshot["windows_total"]
+        if self._last is not None and self._last[0] == stage and not finished_inference \
+                and now - self._last[1] < self.interval_s:
+            return
+        if not self.path.parent.is_dir():
+            return  # deleted meanwhile: the case stops at its next window batch
+        self._last = (stage, now)
+        try:
+            self.scratch.write_text(json.dumps(snapshot))
+            os.replace(self.scratch, self.path)
+        except FileNotFoundError:
+            pass  # the folder went between the check and the write (DELETE)

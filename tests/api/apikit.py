@@ -80,8 +80,12 @@ class FakeSegmenter:
         self.warmups += 1
 
     def segment(
-        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None
+        self, volume: Volume, *, overlap: float | None = None, should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
     ) -> SegmentationResult:
+        if progress is not None:  # the real engine's sequence, for its 3 windows
+            progress("preprocessing", 0, 0)
+            progress("inference", 0, 3)
         with self._lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -100,6 +104,8 @@ class FakeSegmenter:
             if self.error is not None:
                 raise self.error
             mask = volume.with_array((volume.array > 50).astype(np.uint8))
+            if progress is not None:
+                progress("inference", 3, 3)
             metrics = CaseMetrics(
                 input_shape=volume.shape,
                 input_spacing_mm=volume.spacing,

@@ -177,7 +177,8 @@ def test_shutdown_cancels_queued_jobs_waits_for_the_running_one_and_removes_file
 
 def test_job_links_are_usable(client):
     job = submit(client).json()
-    assert set(job["links"]) == {"self", "mask", "preview", "statistics", "outputs"}
+    assert set(job["links"]) == {"self", "mask", "preview", "statistics", "outputs", "image"}
+    assert job["links"]["image"].endswith("/image.nii.gz")
     assert job["links"]["preview"].endswith("/preview.png")
     assert job["links"]["outputs"] == {"nifti": f"/v1/jobs/{job['id']}/outputs/nifti"}
     wait_status(client, job, "done")

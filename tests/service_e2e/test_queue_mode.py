@@ -214,3 +214,37 @@ def test_dicom_outputs_and_statistics_come_from_the_worker(cluster, tmp_path):
         stats = httpx.get(f"{api.base_url}{job['links']['statistics']}", timeout=30).json()
         assert stats["organs"] == job["statistics"] and stats["organs"], stats
         assert all(organ["volume_ml"] > 0 for organ in stats["organs"])
+
+
+def test_progress_and_the_ct_image_come_from_the_worker(cluster):
+    with cluster.api("progress") as api:
+        response = httpx.post(f"{api.base_url}/v1/jobs?preview=false&image=true&filename=c.nii.gz",
+                              content=nifti_gz_bytes(ct_array(LARGE)), headers=GZ, timeout=30)
+        assert response.status_code == 202, response.text
+        job = response.json()
+        # An idle worker may have taken it already.
+        assert job["progress"]["stage"] in {"queued", "reading", "preprocessing", "inference"}
+        seen: list[dict] = []
+
+        def finished() -> bool:
+            current = status(api.base_url, job["id"])
+            if current["status"] == "running":
+                seen.append(current["progress"])
+            return current["status"] in {"done", "failed"}
+
+        wait_for(finished, timeout=120, what=f"job {job['id']}", interval=0.1)
+        done = status(api.base_url, job["id"])
+        assert done["status"] == "done", done
+        total = done["metrics"]["windows_run"]
+        assert done["progress"] == {"stage": "done", "windows_done": total, "windows_total": total,
+                                    "queue_position": None}
+        inference = [p for p in seen if p["stage"] == "inference"]
+        assert any(0 < p["windows_done"] < p["windows_total"] == total for p in inference), seen
+        done_counts = [p["windows_done"] for p in inference]
+        assert done_counts == sorted(done_counts)
+
+        image = httpx.get(f"{api.base_url}{done['links']['image']}", timeout=30)
+        assert image.status_code == 200
+        ct = nib.Nifti1Image.from_bytes(gzip.decompress(image.content))
+        np.testing.assert_array_equal(np.asarray(ct.dataobj), ct_array(LARGE))
+        np.testing.assert_allclose(ct.affine, AFFINE, atol=1e-3)
