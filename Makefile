@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 INPUT ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test lint lint-docker demo prometheus redis dicom3tools chromium vendor-niivue export-demo bench gpu-check image-tools image-test clean help
+.PHONY: install test lint lint-docker demo prometheus redis dicom3tools orthanc chromium vendor-niivue export-demo bench gpu-check image-tools image-test clean help
 
 help:
 	@echo "make demo   - segment a synthetic abdomen CT (or INPUT=path) with the bundled demo weights"
@@ -42,6 +42,13 @@ dicom3tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) \
 	  || echo "warning: could not install dicom3tools; the dciodvfy test will be skipped"; }
 
+# A real Orthanc PACS (with its DICOMweb plugin) and dcmtk's storescu for the PACS tests (Debian packages).
+orthanc:
+	@{ command -v Orthanc >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 \
+	  && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1; } || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dcmtk >/dev/null) \
+	  || echo "warning: could not install orthanc, orthanc-dicomweb or dcmtk; the PACS tests will be skipped"; }
+
 # Headless Chromium and its WebDriver for the web page's browser tests (Debian packages).
 chromium:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
@@ -68,7 +75,7 @@ lint: install lint-docker
 lint-docker: install
 	$(BIN)/hadolint Dockerfile
 
-test: install prometheus redis dicom3tools chromium lint
+test: install prometheus redis dicom3tools orthanc chromium lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: install

@@ -88,3 +88,37 @@ class CaseCancelledError(SwinxsegError):
     code = "cancelled"
     http_status = 409
     exit_code = 5
+
+
+class DicomWebError(SwinxsegError):
+    """A DICOMweb (QIDO/WADO/STOW-RS) exchange with a PACS that failed; the message names the server and step."""
+
+    code = "dicomweb_error"
+    http_status = 502
+    exit_code = 6
+
+
+class DicomWebUnavailableError(DicomWebError):
+    """The DICOMweb server could not be reached or did not answer in time, after the bounded retries."""
+
+    code = "dicomweb_unavailable"
+    http_status = 503
+
+
+class DicomWebNotFoundError(DicomWebError):
+    """The study (or the series asked for) is not on the DICOMweb server (HTTP 404 or an empty QIDO-RS answer)."""
+
+    code = "dicomweb_not_found"
+    http_status = 404
+
+
+class NoCtSeriesError(InvalidInputError):
+    """The study holds no series the selection rule accepts (CT, not a localizer, axial)."""
+
+    code = "no_ct_series"
+
+
+class StowRefusedError(DicomWebError):
+    """The destination refused the STOW-RS of our RTSTRUCT/SEG (HTTP error or a FailedSOPSequence)."""
+
+    code = "stow_refused"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.case_warnings import WARNING_CODES
@@ -129,6 +129,31 @@ class Settings(BaseSettings):
         "the slowest case (a case still running then is delivered twice; results are idempotent)",
     )
     worker_metrics_port: int = Field(9101, ge=0, description="Prometheus port of `swinxseg worker`; 0 = none")
+
+    # DICOMweb / PACS (docs/PACS.md). Credentials come from here only, never from a request.
+    dicomweb_url: str | None = Field(
+        None, description="DICOMweb base URL of the PACS (QIDO/WADO/STOW-RS), e.g. http://orthanc:8042/dicom-web"
+    )
+    dicomweb_username: str | None = Field(None, description="HTTP basic user for the DICOMweb server")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP basic password for the DICOMweb server")
+    dicomweb_token: SecretStr | None = Field(
+        None, description="Bearer token for the DICOMweb server (instead of basic credentials)"
+    )
+    dicomweb_store_url: str | None = Field(
+        None, description="Where STOW-RS sends the RTSTRUCT/SEG (e.g. a planning system); default dicomweb_url"
+    )
+    dicomweb_store_username: str | None = Field(None, description="HTTP basic user of dicomweb_store_url")
+    dicomweb_store_password: SecretStr | None = Field(None, description="HTTP basic password of dicomweb_store_url")
+    dicomweb_store_token: SecretStr | None = Field(None, description="Bearer token of dicomweb_store_url")
+    dicomweb_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to connect to the DICOMweb server and between bytes of its answer"
+    )
+    dicomweb_retries: int = Field(
+        3, ge=0, le=10, description="Retries of a DICOMweb request after a connection error, timeout or 429/502/503/504"
+    )
+    dicomweb_backoff_s: float = Field(
+        0.5, ge=0, description="First retry delay in seconds; doubles with each retry"
+    )
 
     # Logging
     log_level: str = "INFO"

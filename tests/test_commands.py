@@ -14,7 +14,9 @@ from service import cli, commands
 from service.commands import GROUP, Command, CommandUnavailable, declared_in_pyproject, discover
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = {"batch", "serve", "worker", "preview", "export", "train", "phantom", "demo", "pretrain", "pseudo-label"}
+EXPECTED = {
+    "batch", "serve", "worker", "preview", "export", "train", "phantom", "demo", "pretrain", "pseudo-label", "dicomweb",
+}
 
 
 def test_pyproject_declares_every_subcommand_as_a_module_with_help_arguments_and_run():
@@ -24,7 +26,7 @@ def test_pyproject_declares_every_subcommand_as_a_module_with_help_arguments_and
         module = importlib.import_module(target)
         assert module.HELP and callable(module.add_arguments) and callable(module.run), name
     # service's own commands are the only ones its modules provide.
-    assert {n for n, t in declared.items() if t.startswith("service.")} == {"batch", "serve", "worker", "preview"}
+    assert {n for n, t in declared.items() if t.startswith("service.")} == {"batch", "serve", "worker", "preview", "dicomweb"}
 
 
 def test_every_declared_package_is_packaged():

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service.api import routes_jobs, routes_ops, routes_segment, routes_web
+from service.api import routes_dicomweb, routes_jobs, routes_ops, routes_segment, routes_web
 from service.api.cases import SegmenterLike, run_blocking
 from service.api.errors import install_error_handlers
 from service.api.gpu_guard import GpuGuard
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, segmenter: SegmenterLike | None = None) ->
     app.include_router(routes_ops.model_router)
     app.include_router(routes_segment.router)
     app.include_router(routes_jobs.router)
+    app.include_router(routes_dicomweb.router)
     app.include_router(routes_web.router)
     routes_web.mount_assets(app)
     return app

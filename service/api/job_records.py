@@ -34,15 +34,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_detail TEXT,
     expired_at REAL,
     outputs TEXT NOT NULL DEFAULT '["nifti"]',
-    statistics TEXT
+    statistics TEXT,
+    dicomweb TEXT,
+    idempotency_key TEXT
 )
 """
 # Columns added after the first release: a storage folder written by an older server gains them.
-_ADDED_COLUMNS = {"outputs": "TEXT NOT NULL DEFAULT '[\"nifti\"]'", "statistics": "TEXT"}
+_ADDED_COLUMNS = {"outputs": "TEXT NOT NULL DEFAULT '[\"nifti\"]'", "statistics": "TEXT", "dicomweb": "TEXT",
+                  "idempotency_key": "TEXT"}
 FIELDS = (
     "id", "owner", "filename", "media_type", "want_preview", "created_at", "status",
     "started_at", "finished_at", "metrics", "warnings", "error_code", "error_detail", "expired_at",
-    "outputs", "statistics",
+    "outputs", "statistics", "dicomweb", "idempotency_key",
 )
 
 
@@ -69,7 +72,8 @@ class JobRecords:
 
     def save(self, row: dict) -> None:
         values = {**row, "metrics": _dump(row.get("metrics")), "warnings": json.dumps(row.get("warnings") or []),
-                  "outputs": json.dumps(list(row.get("outputs") or ["nifti"])), "statistics": _dump(row.get("statistics"))}
+                  "outputs": json.dumps(list(row.get("outputs") or ["nifti"])), "statistics": _dump(row.get("statistics")),
+                  "dicomweb": _dump(row.get("dicomweb"))}
         names = ", ".join(FIELDS)
         marks = ", ".join(f":{name}" for name in FIELDS)
         with self._lock:
@@ -86,7 +90,17 @@ class JobRecords:
         record["warnings"] = json.loads(record["warnings"] or "[]")
         record["outputs"] = tuple(json.loads(record["outputs"] or '["nifti"]'))
         record["statistics"] = json.loads(record["statistics"]) if record["statistics"] else None
+        record["dicomweb"] = json.loads(record["dicomweb"]) if record.get("dicomweb") else None
         return record
+
+    def find_key(self, key: str) -> str | None:
+        """The newest unexpired job with this idempotency key (DICOMweb jobs), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM jobs WHERE idempotency_key = ? AND expired_at IS NULL ORDER BY created_at DESC LIMIT 1",
+                (key,),
+            ).fetchone()
+        return None if row is None else row["id"]
 
     def delete(self, job_id: str) -> None:
         with self._lock:

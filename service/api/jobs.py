@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -78,6 +78,8 @@ class Job:
     error: tuple[str, str] | None = None  # (code, detail)
     outputs: tuple[str, ...] = ("nifti",)  # the output kinds asked for (service.outputs.selection)
     statistics: list[dict] | None = None  # per-label OrganStatistics of a done job
+    dicomweb: dict | None = None  # a DICOMweb job: the request, then chosen series and stored UIDs
+    idempotency_key: str | None = None  # a DICOMweb job's (series UID + model checksum + outputs)
     task: asyncio.Task | None = field(default=None, repr=False)
     # Set by DELETE (and shutdown): the worker thread polls it between window batches.
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -124,7 +126,8 @@ class Job:
             "want_preview": int(self.want_preview), "created_at": self.created_at, "status": self.status,
             "started_at": self.started_at, "finished_at": self.finished_at, "metrics": self.metrics,
             "warnings": self.warnings, "error_code": code, "error_detail": detail,
-            "outputs": list(self.outputs), "statistics": self.statistics,
+            "outputs": list(self.outputs), "statistics": self.statistics, "dicomweb": self.dicomweb,
+            "idempotency_key": self.idempotency_key,
         }
 
     @classmethod
@@ -135,7 +138,12 @@ class Job:
             want_preview=bool(row["want_preview"]), created_at=row["created_at"], status=row["status"],
             started_at=row["started_at"], finished_at=row["finished_at"], metrics=row["metrics"],
             warnings=row["warnings"], error=error, outputs=tuple(row["outputs"]), statistics=row["statistics"],
+            dicomweb=row.get("dicomweb"), idempotency_key=row.get("idempotency_key"),
         )
+
+
+# A job's own work (DICOMweb jobs): (job, ticket, context, on_running) -> None, raising typed errors.
+Executor = Callable[["Job", Ticket, "JobContext", Callable[[], None]], Awaitable[None]]
 
 
 @dataclass
@@ -215,6 +223,29 @@ class JobStore:
         self._jobs[job_id] = job
         job.task = asyncio.create_task(self._run(job, ticket, context, overlap), name=f"job-{job_id}")
         return job
+
+    def start(self, job: Job, ticket: Ticket, context: JobContext, execute: Executor) -> Job:
+        """Record a prepared job (its folder made) and run ``execute(job, ticket, context, on_running)``
+        as its task, with the same failure handling as an upload's job (DICOMweb jobs)."""
+        try:
+            self._save(job)
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            raise
+        self._jobs[job.id] = job
+
+        async def run(job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
+            await execute(job, ticket, context, lambda: self._start(job))
+            if not job.cancel.is_set():
+                self._finish(job, "done")
+
+        job.task = asyncio.create_task(self._run(job, ticket, context, None, run), name=f"job-{job.id}")
+        return job
+
+    def find_key(self, key: str) -> Job | None:
+        """The newest unexpired job submitted with idempotency ``key``, or None."""
+        job_id = self.records.find_key(key)
+        return None if job_id is None else self.get(job_id)
 
     def queue_position(self, job: Job) -> int | None:
         """1 for the next job to run, 2 for the one after...: this server's queued jobs submitted
@@ -303,10 +334,11 @@ class JobStore:
         check_outputs_possible(volume, job.outputs)  # before inference: a refused output costs nothing
         return volume
 
-    async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None) -> None:
+    async def _run(self, job: Job, ticket: Ticket, context: JobContext, overlap: float | None,
+                   execute: Callable[..., Awaitable[None]] | None = None) -> None:
         with ticket:
             try:
-                await self._execute(job, ticket, context, overlap)
+                await (execute or self._execute)(job, ticket, context, overlap)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -60,6 +60,7 @@ def job_view(job: Job, store: JobStore, request: Request) -> JobView:
         error=JobError(error=job.error[0], detail=job.error[1]) if job.error else None,
         outputs=list(job.outputs),
         statistics=job.statistics,
+        dicomweb=job.dicomweb,
         progress=_progress(job, store),
         links=JobLinks(
             self=link("get_job"), mask=link("get_job_mask"), preview=link("get_job_preview"),

@@ -109,6 +109,11 @@ class JobView(BaseModel):
     error: JobError | None = None
     outputs: list[str] = Field(default_factory=lambda: ["nifti"], description="the output kinds asked for")
     statistics: list[OrganStatisticsBody] | None = Field(None, description="per organ, once done")
+    dicomweb: dict | None = Field(
+        None, description="a DICOMweb job (POST /v1/dicomweb/jobs): study_uid, series_uid asked for, source_url, "
+        "store_url; chosen_series once fetched; stored (modality, series_uid, sop_instance_uid each), seconds "
+        "per step and the passed-over series once done",
+    )
     progress: JobProgress | None = Field(
         None, description="stage and windows done of windows to run; null once the job failed"
     )

@@ -158,3 +158,33 @@ def test_predict_sh_runs_the_batch_on_the_workspace(fake_swinxseg):
 def test_scripts_are_executable():
     for script in (ENTRYPOINT, PREDICT):
         assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(REPO)}"
+
+
+ORTHANC_DIR = REPO / "deploy" / "orthanc"
+
+
+def test_compose_pacs_profile_runs_orthanc_beside_the_service():
+    compose = _yaml(REPO / "docker-compose.yml")
+    orthanc = compose["services"]["orthanc"]
+    assert orthanc["profiles"] == ["pacs"]
+    assert "profiles" not in compose["services"]["swinxseg"]  # the service runs with or without the PACS
+    assert re.fullmatch(r"jodogne/orthanc-plugins:\d+\.\d+\.\d+", orthanc["image"]), "pin the Orthanc tag"
+    assert {"4242:4242", "8042:8042"} <= set(orthanc["ports"])
+    assert {"./deploy/orthanc/orthanc.json:/etc/orthanc/orthanc.json:ro",
+            "./deploy/orthanc/swinxseg.lua:/etc/orthanc/swinxseg.lua:ro"} <= set(orthanc["volumes"])
+    assert orthanc["environment"]["SWINXSEG_URL"] == "http://swinxseg:8000"
+    assert orthanc["environment"]["ORTHANC_PASSWORD"] == "${ORTHANC_PASSWORD:-}"  # no default password ships
+    service_env = compose["services"]["swinxseg"]["environment"]
+    assert service_env["SWINXSEG_DICOMWEB_URL"].endswith("http://orthanc:8042/dicom-web}")
+    assert service_env["SWINXSEG_DICOMWEB_PASSWORD"] == "${ORTHANC_PASSWORD:-}"
+
+
+def test_orthanc_config_has_dicomweb_and_authentication_on():
+    config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+    assert config["DicomWeb"]["Enable"] is True and config["DicomWeb"]["Root"] == "/dicom-web/"
+    assert config["AuthenticationEnabled"] is True
+    assert config["RegisteredUsers"] == {"swinxseg": "${ORTHANC_PASSWORD}"}  # from the environment
+    assert config["DicomPort"] == 4242 and config["HttpPort"] == 8042
+    assert config["LuaScripts"] == ["/etc/orthanc/swinxseg.lua"]
+    lua = (ORTHANC_DIR / "swinxseg.lua").read_text()
+    assert "function OnStableSeries" in lua and "/v1/dicomweb/jobs" in lua and "~= 'CT'" in lua
