@@ -235,8 +235,12 @@ class PretrainTrainer:
         while self.step < c.steps:
             record = self.train_step()
             if self.step % c.log_interval == 0:
-                log.info("step %d/%d total %.4f (recon %.4f, patch %.4f, global %.4f) lr %.2e", self.step,
-                         c.steps, record["total"], record["recon"], record["patch"], record["global"], record["lr"])
+                log.info("step %d/%d total %.4f (recon %.4f, patch %.4f, global %.4f) lr %.2e; teacher entropy "
+                         "%.2f per image, %.2f over the batch (of log K: 1 per image = uniform collapse, ~0 over "
+                         "the batch = one-prototype collapse)", self.step, c.steps, record["total"], record["recon"],
+                         record["patch"], record["global"], record["lr"], record["teacher_sample_entropy"],
+                         record["teacher_batch_entropy"])
+                _warn_if_collapsed(record)
             stop = should_stop is not None and should_stop()
             if self.step % c.checkpoint_interval == 0 or self.step == c.steps or stop:
                 self.save()
@@ -271,6 +275,22 @@ class PretrainTrainer:
         }
         atomic_save(encoder, self.out_dir / ENCODER_NAME)
         log.info("saved %s and %s (step %d)", LAST_NAME, ENCODER_NAME, self.step)
+
+
+COLLAPSED_ENTROPY = 0.98  # of log K: the teacher's targets are (almost) uniform
+
+
+def _warn_if_collapsed(record: dict) -> None:
+    """Say so when self-distillation has collapsed (``training.smit.collapse_measures``): the
+    distillation losses then fall to ~0 and teach nothing, whatever the total loss shows."""
+    if record["teacher_sample_entropy"] >= COLLAPSED_ENTROPY:
+        log.warning("step %d: the teacher's global targets are uniform (entropy %.3f of log K): self-distillation "
+                    "has collapsed and its losses teach nothing; only the masked-image reconstruction trains the "
+                    "encoder (try a longer warm-up, a lower --lr or a larger batch)", record["step"],
+                    record["teacher_sample_entropy"])
+    elif record["teacher_batch_entropy"] <= 1.0 - COLLAPSED_ENTROPY:
+        log.warning("step %d: every image gets the same teacher target (batch entropy %.3f of log K): "
+                    "self-distillation has collapsed to one prototype", record["step"], record["teacher_batch_entropy"])
 
 
 def prepare_images(sources: Sequence, params: PreprocessParams) -> list[torch.Tensor]:

@@ -128,6 +128,29 @@ class DistillationLoss(nn.Module):
 
 
 @torch.no_grad()
+def collapse_measures(teacher_logits: Tensor, center: Tensor, teacher_temp: float) -> dict[str, Tensor]:
+    """The two ways self-distillation collapses, measured on the teacher's targets (after centring
+    and sharpening), each as a fraction of log K (K outputs); after Caron et al., "Emerging
+    Properties in Self-Supervised Vision Transformers" (DINO, ICCV 2021), Sec. 5.3:
+
+    - ``sample_entropy``: mean entropy of one target. 1.0 is the uniform collapse (every target
+      flat: the student learns nothing).
+    - ``batch_entropy``: entropy of the batch's mean target. Near 0 is the one-prototype collapse
+      (every image maps to the same peak).
+
+    Healthy training keeps the first clearly below 1 and the second clearly above 0.
+    ``teacher_logits``: ``(N, K)``.
+    """
+    probs = F.softmax((teacher_logits.float() - center) / teacher_temp, dim=-1)
+    log_k = torch.log(torch.tensor(float(probs.shape[-1])))
+
+    def entropy(p: Tensor) -> Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+    return {"sample_entropy": entropy(probs).mean() / log_k, "batch_entropy": entropy(probs.mean(0)) / log_k}
+
+
+@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
@@ -153,7 +176,9 @@ class SmitObjective:
 
     def __call__(self, views: tuple[Tensor, Tensor], masks: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         """``views``: two ``(B, 1, X, Y, Z)``; ``masks``: two ``(B, X/16, Y/16, Z/16)`` bool.
-        Returns ``{"total", "recon", "patch", "global"}`` scalars (``total`` carries the gradient)."""
+        Returns ``{"total", "recon", "patch", "global"}`` scalars (``total`` carries the gradient) and
+        the global teacher's collapse measures (``teacher_sample_entropy``, ``teacher_batch_entropy``:
+        :func:`collapse_measures`)."""
         with torch.no_grad():
             teacher_out = [self.teacher(v)[1:] for v in views]
         student_out = [self.student(v, m) for v, m in zip(views, masks, strict=True)]
@@ -164,11 +189,14 @@ class SmitObjective:
             recon = recon + (image.float() - views[i]).abs()[voxel_mask].mean() / 2
             patch = patch + self.patch_loss(patch_scores[masks[i]], teacher_out[i][0][masks[i]]) / 2
             glob = glob + self.global_loss(global_scores, teacher_out[1 - i][1]) / 2
+        global_targets = torch.cat([t[1] for t in teacher_out])
+        collapse = collapse_measures(global_targets, self.global_loss.center, self.global_loss.teacher_temp)
         self.patch_loss.update_center(torch.cat([t[0][m] for t, m in zip(teacher_out, masks, strict=True)]))
-        self.global_loss.update_center(torch.cat([t[1] for t in teacher_out]))
+        self.global_loss.update_center(global_targets)
         w = self.weights
         total = w.recon * recon + w.patch * patch + w.global_ * glob
-        return {"total": total, "recon": recon.detach(), "patch": patch.detach(), "global": glob.detach()}
+        return {"total": total, "recon": recon.detach(), "patch": patch.detach(), "global": glob.detach(),
+                "teacher_sample_entropy": collapse["sample_entropy"], "teacher_batch_entropy": collapse["batch_entropy"]}
 
 
 def _voxel_mask(token_mask: Tensor) -> Tensor:

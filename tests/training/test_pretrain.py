@@ -38,6 +38,9 @@ def test_thirty_steps_lower_the_loss_and_the_teacher_follows_the_ema_rule(tmp_pa
     torch.testing.assert_close(teacher, m * before + (1 - m) * student, rtol=0, atol=1e-7)
     for record in records:
         assert all(math.isfinite(record[k]) for k in ("total", "recon", "patch", "global"))
+        assert 0.0 <= record["teacher_batch_entropy"] <= 1.0 and 0.0 <= record["teacher_sample_entropy"] <= 1.0
+    print("teacher entropy per image / over the batch at steps 1, 30:",
+          [(r["teacher_sample_entropy"], r["teacher_batch_entropy"]) for r in (records[0], records[-1])])
     start = sum(r["total"] for r in records[:5]) / 5
     end = sum(r["total"] for r in records[-5:]) / 5
     assert end < start, (start, end)
@@ -80,3 +83,35 @@ def test_cli_pretrains_resumes_exactly_and_train_loads_the_encoder(tmp_path, cap
     printed = capsys.readouterr().out
     assert f"loaded {len(encoder_keys)} encoder key(s)" in printed
     assert "decoder1" in printed and "out)" in printed
+
+
+def test_collapse_measures_tell_the_two_collapses_from_healthy_targets():
+    from training.smit import collapse_measures
+
+    k, zero = 64, torch.zeros(64)
+    uniform = collapse_measures(torch.zeros(8, k), zero, 0.04)
+    assert uniform["sample_entropy"] == pytest.approx(1.0, abs=1e-5)  # every target flat
+    one_peak = torch.zeros(8, k)
+    one_peak[:, 3] = 10.0
+    single = collapse_measures(one_peak, zero, 0.04)
+    assert single["sample_entropy"] < 0.01 and single["batch_entropy"] < 0.01  # every target the same peak
+    spread = torch.zeros(8, k)
+    spread[torch.arange(8), torch.arange(8) * 7] = 10.0
+    healthy = collapse_measures(spread, zero, 0.04)
+    assert healthy["sample_entropy"] < 0.01 and healthy["batch_entropy"] == pytest.approx(math.log(8) / math.log(k), abs=1e-3)
+    # Centring is part of the targets: subtracting the peak's own column flattens it again.
+    centred = collapse_measures(one_peak, one_peak[0], 0.04)
+    assert centred["sample_entropy"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_collapsed_teacher_is_reported(caplog):
+    from training.pretrain import _warn_if_collapsed
+
+    with caplog.at_level("WARNING", logger="training.pretrain"):
+        _warn_if_collapsed({"step": 5, "teacher_sample_entropy": 0.999, "teacher_batch_entropy": 1.0})
+        _warn_if_collapsed({"step": 6, "teacher_sample_entropy": 0.01, "teacher_batch_entropy": 0.001})
+        _warn_if_collapsed({"step": 7, "teacher_sample_entropy": 0.5, "teacher_batch_entropy": 0.6})
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "step 5" in messages[0] and "uniform" in messages[0]
+    assert "step 6" in messages[1] and "one prototype" in messages[1]
