@@ -7,6 +7,8 @@ chosen patient orientation. Nothing here uses the service's own DICOM code.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,16 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def zip_series(folder: Path) -> bytes:
+    """The files of a series folder as the bytes of one zip (flat names), as an upload carries it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, path.name)
+    return buffer.getvalue()
+
 
 # (row cosine, column cosine, PatientPosition, reverse file names)
 VARIANTS = {

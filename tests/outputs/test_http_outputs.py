@@ -4,23 +4,13 @@
 from __future__ import annotations
 
 import io
-import zipfile
-from pathlib import Path
 
 import pydicom
 import pytest
 from api.apikit import FakeSegmenter, nifti_gz_bytes, serving
-from dicom_variants import write_variant
+from dicom_variants import write_variant, zip_series
 
 from service.settings import Settings
-
-
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.write(path, path.name)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -37,7 +27,7 @@ def test_dicom_outputs_over_http(tmp_path, client, real_slices, real_series_dir,
     test_client, fake = client
     series = write_variant(tmp_path / "ct", real_slices, "feet_first_supine", crop=(slice(176, 272), slice(176, 272)))
     headers = {"Content-Type": "application/zip", "X-Filename": "abdomen.zip"}
-    response = test_client.post("/v1/segment", params={"format": kind}, content=_zip(series), headers=headers)
+    response = test_client.post("/v1/segment", params={"format": kind}, content=zip_series(series), headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/dicom"
     assert f'filename="abdomen_{kind}.dcm"' in response.headers["content-disposition"]
@@ -49,7 +39,7 @@ def test_dicom_outputs_over_http(tmp_path, client, real_slices, real_series_dir,
     refused = test_client.post("/v1/segment", params={"format": kind}, content=nifti_gz_bytes(),
                                headers={"Content-Type": "application/gzip", "X-Filename": "ct.nii.gz"})
     assert refused.status_code == 422 and "needs a DICOM series input" in refused.json()["detail"]
-    blank = test_client.post("/v1/segment", params={"format": kind}, content=_zip(real_series_dir), headers=headers)
+    blank = test_client.post("/v1/segment", params={"format": kind}, content=zip_series(real_series_dir), headers=headers)
     assert blank.status_code == 422 and blank.json()["error"] == "invalid_dicom_series"
     assert len(fake.calls) == calls  # refused before inference
     assert test_client.get("/healthz").status_code == 200

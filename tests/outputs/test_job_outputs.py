@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -14,20 +13,13 @@ import numpy as np
 import pydicom
 import pytest
 from api.apikit import FakeSegmenter, nifti_gz_bytes, serving, wait_until
-from dicom_variants import write_variant
+from dicom_variants import write_variant, zip_series
 
 from service.io.readers import read_volume
 from service.settings import Settings
 
 ZIP_HEADERS = {"Content-Type": "application/zip", "X-Filename": "abdomen.zip"}
 
-
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.write(path, path.name)
-    return buffer.getvalue()
 
 
 def _finished(client, job: dict) -> dict:
@@ -58,7 +50,7 @@ def series(tmp_path, real_slices) -> Path:
 def test_every_output_has_a_link_and_downloads(client, series):
     test_client, _, _ = client
     submitted = test_client.post("/v1/jobs", params={"outputs": "seg,rtstruct,nifti", "preview": "false"},
-                                 content=_zip(series), headers=ZIP_HEADERS)
+                                 content=zip_series(series), headers=ZIP_HEADERS)
     assert submitted.status_code == 202, submitted.text
     assert submitted.json()["outputs"] == ["nifti", "rtstruct", "seg"]
     job = _finished(test_client, submitted.json())
@@ -81,7 +73,7 @@ def test_every_output_has_a_link_and_downloads(client, series):
 
 def test_statistics_in_the_status_and_their_own_route(client, series):
     test_client, _, _ = client
-    submitted = test_client.post("/v1/jobs", params={"preview": "false"}, content=_zip(series), headers=ZIP_HEADERS)
+    submitted = test_client.post("/v1/jobs", params={"preview": "false"}, content=zip_series(series), headers=ZIP_HEADERS)
     job = _finished(test_client, submitted.json())
     assert job["status"] == "done", job
     route = test_client.get(job["links"]["statistics"])
@@ -105,7 +97,7 @@ def test_output_not_asked_for_is_404_and_unfinished_is_409(client, series):
     import threading
 
     fake.gate = threading.Event()
-    submitted = test_client.post("/v1/jobs", params={"preview": "false"}, content=_zip(series), headers=ZIP_HEADERS)
+    submitted = test_client.post("/v1/jobs", params={"preview": "false"}, content=zip_series(series), headers=ZIP_HEADERS)
     job = submitted.json()
     assert list(job["links"]["outputs"]) == ["nifti"]
     wait_until(fake.started.is_set, what="case started")
@@ -136,7 +128,7 @@ def test_dicom_outputs_of_a_nifti_upload_refused_at_submission(client):
 def test_blank_uid_series_fails_the_job_before_inference(client, real_series_dir, series):
     test_client, fake, jobs_dir = client
     submitted = test_client.post("/v1/jobs", params={"outputs": "rtstruct", "preview": "false"},
-                                 content=_zip(real_series_dir), headers=ZIP_HEADERS)
+                                 content=zip_series(real_series_dir), headers=ZIP_HEADERS)
     job = _finished(test_client, submitted.json())
     assert job["status"] == "failed" and job["error"]["error"] == "invalid_dicom_series"
     assert "blank SOP Instance UID" in job["error"]["detail"]
@@ -144,5 +136,5 @@ def test_blank_uid_series_fails_the_job_before_inference(client, real_series_dir
     assert not list((jobs_dir / job["id"]).glob("*.dcm")) and not (jobs_dir / job["id"] / "mask.nii.gz").exists()
     assert test_client.get(job["links"]["outputs"]["rtstruct"]).status_code == 409
     ok = _finished(test_client, test_client.post("/v1/jobs", params={"outputs": "rtstruct", "preview": "false"},
-                                                 content=_zip(series), headers=ZIP_HEADERS).json())
+                                                 content=zip_series(series), headers=ZIP_HEADERS).json())
     assert ok["status"] == "done"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import signal
-import zipfile
 from collections.abc import Iterator
 
 import httpx
@@ -16,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from api.apikit import AFFINE, ct_array, nifti_gz_bytes
-from dicom_variants import fixture_slices, write_variant
+from dicom_variants import fixture_slices, write_variant, zip_series
 from service_e2e.queue_kit import Cluster, running_cluster
 from service_e2e.redis_kit import REDIS_SERVER
 from service_e2e.serverkit import REPO, wait_for
@@ -133,13 +132,9 @@ def test_dicom_outputs_and_statistics_come_from_the_worker(cluster, tmp_path):
         pytest.skip(f"real DICOM series not found at {SERIES_DIR}")
     series = write_variant(tmp_path / "ct", fixture_slices(SERIES_DIR.resolve()), "head_first_supine",
                            crop=(slice(200, 248), slice(200, 248)))
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for path in sorted(series.iterdir()):
-            zipped.write(path, path.name)
     with cluster.api("outputs") as api:
         submitted = httpx.post(f"{api.base_url}/v1/jobs?preview=false&outputs=rtstruct,seg&filename=ct.zip",
-                               content=archive.getvalue(), headers={"Content-Type": "application/zip"}, timeout=30)
+                               content=zip_series(series), headers={"Content-Type": "application/zip"}, timeout=30)
         assert submitted.status_code == 202, submitted.text
         job = wait_done(api.base_url, submitted.json()["id"], timeout=120)
         assert sorted(job["links"]["outputs"]) == ["rtstruct", "seg"]

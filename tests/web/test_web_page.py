@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import time
-import zipfile
 
 import httpx
 import nibabel as nib
@@ -149,14 +148,12 @@ def dicom_zip(tmp_path_factory) -> object:
     """The real DICOM series with fresh UIDs (``dicom_variants``), cropped, zipped."""
     if not (CT_DIR / "example_ct_dicom").is_dir():
         pytest.skip(f"real CT fixtures not found at {CT_DIR}")
-    from dicom_variants import fixture_slices, write_variant
+    from dicom_variants import fixture_slices, write_variant, zip_series
 
     root = tmp_path_factory.mktemp("dicom")
     series = write_variant(root / "series", fixture_slices(CT_DIR / "example_ct_dicom"), "head_first_supine")
     path = root / "abdomen_series.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        for item in sorted(series.iterdir()):
-            archive.write(item, item.name)
+    path.write_bytes(zip_series(series))
     return path
 
 
