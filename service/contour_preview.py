@@ -21,7 +21,7 @@ import numpy as np
 
 from service.errors import InvalidInputError
 from service.io.dicom_headers import headers_of
-from service.preview import FIGURE_SIZE_PX, SOFT_TISSUE_WINDOW_HU, literal_title
+from service.preview import FIGURE_SIZE_PX, SOFT_TISSUE_WINDOW_HU, draw_orientation_markers, literal_title
 from service.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -185,11 +185,7 @@ def _figure(panels: list[ContourPanel], rois: list[RoiContours], *, title: str |
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"axial slice {panel.index} (z {panel.z_mm:.1f} mm)", color="white", fontsize=11)
-        style = {"color": "yellow", "fontsize": 14, "fontweight": "bold", "transform": ax.transAxes}
-        ax.text(0.02, 0.5, "R", ha="left", va="center", **style)
-        ax.text(0.98, 0.5, "L", ha="right", va="center", **style)
-        ax.text(0.5, 0.98, "A", ha="center", va="top", **style)
-        ax.text(0.5, 0.02, "P", ha="center", va="bottom", **style)
+        draw_orientation_markers(ax, "axial")
     legend_ax = fig.add_axes((0.83, 0.02, 0.165, 0.86))
     legend_ax.axis("off")
     handles = [Line2D([], [], color=roi.colour, linewidth=2, label=roi.name) for roi in rois]

@@ -201,7 +201,13 @@ def _draw_panel(ax, name: str, panel: Panel) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"{name} (slice {panel.index})", color="white", fontsize=11)
-    left, right, top, bottom = _MARKERS[name]
+    draw_orientation_markers(ax, name)
+
+
+def draw_orientation_markers(ax, view: str) -> None:
+    """The patient-direction letters at the four edges of a ``view`` panel (``axial``, ``coronal``,
+    ``sagittal``), as displayed by this module's convention."""
+    left, right, top, bottom = _MARKERS[view]
     style = {"color": "yellow", "fontsize": 14, "fontweight": "bold", "transform": ax.transAxes}
     ax.text(0.02, 0.5, left, ha="left", va="center", **style)
     ax.text(0.98, 0.5, right, ha="right", va="center", **style)

@@ -8,7 +8,7 @@ world coordinates).
 
 ``python -m training.real_ct prepare --out runs/real_data`` writes the mapped labels, training
 phantoms and a datalist; ``python -m training.real_ct evaluate --model weights/demo`` prints the
-held-out patient's Dice per organ and fresh phantoms' mean organ Dice in RAS, LPS and oblique.
+held-out patient's Dice per organ and the model card's fresh phantoms' mean organ Dice per layout.
 """
 
 from __future__ import annotations
@@ -93,23 +93,6 @@ def held_out_scores(segmenter, shared: Path) -> dict[int, float]:
     return dice_per_label(prediction, truth, labels=present)
 
 
-def phantom_scores(segmenter, seeds: range) -> dict[str, float]:
-    """Mean organ Dice (1-13) of fresh phantoms per layout: RAS, LPS and oblique PIR."""
-    from phantoms.generator import make_phantom
-    from service.evaluation import ORGAN_LABELS, dice_per_label, mean_dice
-
-    layouts = {"RAS": {"orientation": "RAS"}, "LPS": {"orientation": "LPS"},
-               "oblique": {"orientation": "PIR", "spacing": (3.0, 0.8, 1.0), "oblique_deg": 12.0}}
-    found = {}
-    for name, options in layouts.items():
-        means = []
-        for seed in seeds:
-            ct, labels = make_phantom(seed=seed, **options)
-            means.append(mean_dice(dice_per_label(segmenter.segment(ct).mask.array, labels.array), ORGAN_LABELS))
-        found[name] = float(np.mean(means))
-    return found
-
-
 def _evaluate(args: argparse.Namespace) -> None:
     from service.labels import FLARE23_LABELS
     from service.segmenter import Segmenter
@@ -122,8 +105,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     print("| organ | Dice |\n|---|---|\n" + "\n".join(rows))
     print(f"mean over the {len(scores)} organs it contains: {np.mean(list(scores.values())):.3f}")
     if args.phantoms:
-        for name, value in phantom_scores(segmenter, range(9101, 9101 + args.phantoms)).items():
-            print(f"fresh phantoms {name}: mean organ Dice {value:.3f}")
+        # The model card's own held-out phantoms and layouts (RAS, LPS, oblique).
+        from service.evaluation import ORGAN_LABELS, mean_dice
+        from training.make_demo_weights import evaluate_demo
+
+        for layout, (scores, _) in evaluate_demo(args.model, per_grid=args.phantoms, threads=2).items():
+            print(f"fresh phantoms, {layout}: mean organ Dice {mean_dice(scores, ORGAN_LABELS):.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:

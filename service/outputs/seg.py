@@ -18,6 +18,7 @@ from service.errors import InvalidInputError
 from service.outputs.dicom_common import ModelInfo, dataset_bytes
 from service.outputs.label_codes import LabelCoding, coding_for
 from service.outputs.source_series import source_series
+from service.preview import present_labels
 from service.volume import Volume
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
     import highdicom as hd
 
     series = source_series(ct, "SEG")
-    found = _labels_in(mask.array)
+    found = set(present_labels(mask.array))  # one histogram pass, not one comparison per label
     present = [label for label in sorted(labels) if label > 0 and label in found]
     if not present:
         raise InvalidInputError("the mask holds no labelled voxel; a SEG needs at least one segment",
@@ -77,14 +78,6 @@ def build_seg(ct: Volume, mask: Volume, labels: dict[int, str], model: ModelInfo
         device_serial_number="0",
         series_description=model.series_description[:64],
     )
-
-
-def _labels_in(array: np.ndarray) -> set[int]:
-    """The values present, in one pass (a uint8 mask: a histogram, not one comparison per label)."""
-    values = np.asarray(array)
-    if values.dtype == np.uint8:
-        return {int(v) for v in np.flatnonzero(np.bincount(values.ravel(), minlength=1))}
-    return {int(v) for v in np.unique(values)}
 
 
 def _with_type2_attributes(first: Dataset) -> Dataset:
