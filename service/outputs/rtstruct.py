@@ -162,8 +162,9 @@ def _contour_data(world: np.ndarray):
     """
     from pydicom.dataelem import DataElement
 
-    values = np.round(world.ravel(), 4).tolist()
-    if not all(abs(v) < 1e10 for v in values):
+    rounded = np.round(world.ravel(), 4)
+    values = rounded.tolist()
+    if not np.all(np.abs(rounded) < 1e10):  # one vectorised check, not a Python loop per value
         return DataElement(CONTOUR_DATA, "DS", [f"{v:.4f}" for v in values])
     return DataElement(CONTOUR_DATA, "DS", "\\".join(f"{v:.4f}" for v in values), already_converted=True)
 
