@@ -27,7 +27,15 @@ from service.input_checks import screen_input
 from service.io.readers import read_volume_upload
 from service.outputs.selection import check_outputs_possible
 from service.progress import Progress
-from service.queue.job_files import JOB_FILE, PROGRESS_FILE, RESULT_FILE, RUNNING_FILE, read_json, write_json
+from service.queue.job_files import (
+    JOB_FILE,
+    PROGRESS_FILE,
+    RESULT_FILE,
+    RUNNING_FILE,
+    read_json,
+    write_json,
+    write_json_once,
+)
 from service.settings import Settings
 from service.storage import is_job_id
 
@@ -68,10 +76,17 @@ def run_job(job_id: str, context: WorkerContext) -> dict:
     if not folder.is_dir():
         log.info("job %s was deleted while it ran", job_id)
         return {"status": "deleted"}
+    result["finished_at"] = time.time()
+    if not write_json_once(folder / RESULT_FILE, result):
+        # Another delivery of this job ran at the same time and finished first: its result
+        # stands (this one may have failed only because that one had removed the input).
+        first = read_json(folder / RESULT_FILE) or {}
+        log.warning("job %s: a second delivery finished %s on %s after the first had finished %s on %s; "
+                    "the first result is kept", job_id, result["status"], context.name, first.get("status"),
+                    first.get("worker"))
+        return {"status": first.get("status", result["status"]), "worker": first.get("worker")}
     if result["error"] is not None:
         context.metrics.failures.labels(reason=result["error"][0]).inc()
-    result["finished_at"] = time.time()
-    write_json(folder / RESULT_FILE, result)
     (folder / INPUT_NAME).unlink(missing_ok=True)
     log.info("job %s %s on %s", job_id, result["status"], context.name)
     return {"status": result["status"], "worker": context.name}

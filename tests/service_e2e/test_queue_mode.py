@@ -51,7 +51,7 @@ def wait_done(base_url: str, job_id: str, timeout: float = 90) -> dict:
         return seen["status"] in {"done", "failed"}
 
     wait_for(finished, timeout=timeout, what=f"job {job_id}")
-    assert seen["status"] == "done", seen
+    assert seen["status"] == "done", f"job {job_id} {seen['status']}: {seen.get('error')} (warnings {seen.get('warnings')})"
     return seen
 
 
