@@ -81,7 +81,7 @@ def timed(rows: list[dict], name: str):
                  "rss_peak_mb": peak_rss_mb(), "rss_after_mb": current_rss_mb(), "traced_numpy_peak_mb": None})
 
 
-def profile(case: Path, model: Path, device: str, backend: str, top: int) -> str:
+def profile(case: Path, model: Path, device: str, backend: str, top: int, precision: str = "auto") -> str:
     import service.segmenter as segmenter_module
     from service.heap import return_large_blocks_to_the_os
     from service.io.readers import read_volume
@@ -96,7 +96,8 @@ def profile(case: Path, model: Path, device: str, backend: str, top: int) -> str
         for name in ("preprocess", "sliding_window_labels", "restore_labels"):
             wrap_stage(segmenter_module, name, sampler, rows)
         with timed(rows, "model load"):
-            segmenter = Segmenter(Settings(model_dir=model, device=device, backend=backend))
+            segmenter = Segmenter(Settings(model_dir=model, device=device, backend=backend,
+                                           inference_precision=precision))
         with timed(rows, "read"):
             volume = read_volume(case)
         profiler = cProfile.Profile()
@@ -105,7 +106,8 @@ def profile(case: Path, model: Path, device: str, backend: str, top: int) -> str
         profiler.disable()
     metrics = result.metrics
     lines = [f"case {case.name}: input {metrics.input_shape}, model grid {metrics.model_grid_shape}, "
-             f"windows {metrics.windows_run} run / {metrics.windows_skipped} skipped, backend {metrics.backend}, "
+             f"windows {metrics.windows_run} run / {metrics.windows_skipped} skipped, backend {metrics.backend} "
+             f"({getattr(metrics, 'precision', '?')}), "
              f"stitch buffer {metrics.stitch_buffer_mb} MB, peak RSS {peak_rss_mb():.0f} MB",
              "", "| stage | s | RSS before | RSS peak | RSS after | numpy traced peak |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -127,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("case", type=Path)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torchscript", "onnx", "openvino"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="inference precision (SWINXSEG_INFERENCE_PRECISION)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    print(profile(args.case, args.model, args.device, args.backend, args.top))
+    print(profile(args.case, args.model, args.device, args.backend, args.top, args.precision))
     return 0
 
 

@@ -46,6 +46,8 @@ CONFIG_OPTIONS = (
     "class_weights",
     "flip_axes",
     "intensity_prob",
+    "organ_contrast_prob",
+    "slab_prob",
     "dice",
     "precision",
     "val_interval",
@@ -156,6 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Axis 0 (left-right) swaps the left/right kidney and adrenal labels",
     )
     recipe.add_argument("--intensity-prob", type=float, help="chance of a random intensity scale/shift (0.5)")
+    recipe.add_argument("--organ-contrast-prob", type=float,
+                        help="chance of a simulated contrast phase: each organ's HU shifted by its own "
+                        "enhancement (training.sampling.ENHANCEMENT_HU; default 0)")
+    recipe.add_argument("--slab-prob", type=float,
+                        help="chance of a partial field of view in z: a slab of 24 voxels or more kept, "
+                        "the rest padded as the sliding window pads a short scan (default 0)")
     recipe.add_argument(
         "--dice",
         choices=("batch", "sample"),

@@ -67,6 +67,8 @@ class TrainConfig:
     class_weights: dict[int, float] = field(default_factory=dict)
     flip_axes: tuple[int, ...] = ()
     intensity_prob: float = 0.5
+    organ_contrast_prob: float = 0.0
+    slab_prob: float = 0.0
     dice: str = "batch"
     precision: str = "fp32"
     val_interval: int = 250
@@ -184,6 +186,12 @@ def build_model(config: TrainConfig, *, load_init: bool = True) -> torch.nn.Modu
     return model
 
 
+def _window_width(preprocess: PreprocessParams) -> float:
+    """HU per unit of the network's input: the width of the HU window it is scaled from."""
+    low, high = preprocess.spec.hu_window
+    return float(high - low)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -258,7 +266,11 @@ class Trainer:
             positive=config.positive,
             negative=config.negative,
             seed=config.seed,
-            augment=AugmentConfig(flip_axes=config.flip_axes, intensity_prob=config.intensity_prob),
+            augment=AugmentConfig(
+                flip_axes=config.flip_axes, intensity_prob=config.intensity_prob,
+                organ_contrast_prob=config.organ_contrast_prob, slab_prob=config.slab_prob,
+                hu_window_width=_window_width(config.preprocess),
+            ),
             label_weights=config.label_weights,
         )
         self.loss_fn = dice_ce_loss(config.dice, config.class_weights, config.out_channels).to(self.device)

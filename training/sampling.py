@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 
 # FLARE-23 labels that swap under a left-right mirror: (right kidney, left kidney), (right, left adrenal).
 LATERAL_PAIRS: tuple[tuple[int, int], ...] = ((2, 13), (7, 8))
+# Upper end of the enhancement (HU above the unenhanced organ) each FLARE-23 organ reaches in
+# the contrast phases of abdominal CT: arterial aorta, cortical kidneys, portal-venous liver and
+# spleen; after Bae, "Intravenous contrast medium administration and scan timing at CT:
+# considerations and approaches", Radiology 256(1), 2010. Organs not listed (tumour) get 40 HU.
+ENHANCEMENT_HU: dict[int, float] = {
+    1: 60, 2: 150, 3: 80, 4: 70, 5: 250, 6: 150, 7: 40, 8: 40, 9: 0, 10: 30, 11: 40, 12: 40, 13: 150,
+}
 # Positive centres kept per (case, label): enough to cover an organ, bounded memory for large cases.
 MAX_CENTRES_PER_LABEL = 8192
 
@@ -42,6 +49,15 @@ class AugmentConfig:
     flipping axis 0 swaps ``lateral_pairs``. ``intensity_prob``: chance of a random
     ``image * a + b`` with ``a`` in ``1 +- intensity_scale`` and ``b`` in ``+- intensity_shift``
     (on the [0, 1] windowed scale).
+
+    ``organ_contrast_prob``: chance of a simulated contrast phase. One phase strength ``f`` in
+    ``[-0.5, 1]`` per patch, and per organ a jitter in ``[0.7, 1.3]``; the voxels of organ ``k``
+    are shifted by ``f * jitter * ENHANCEMENT_HU[k]`` HU (``hu_window_width`` HU per unit), so a
+    non-contrast scan is seen enhanced and a contrast one less so. Organ labels only: the
+    background keeps its intensities. Clipped to [0, 1] as the service's HU window clips.
+    ``slab_prob``: chance of a partial field of view in z: only a slab of ``slab_min_voxels`` up to
+    the patch height is kept, centred in the patch, the rest set to 0 (image) and background
+    (labels), which is how the service's sliding window pads a scan shorter than its window.
     """
 
     flip_axes: tuple[int, ...] = ()
@@ -49,12 +65,21 @@ class AugmentConfig:
     intensity_prob: float = 0.5
     intensity_scale: float = 0.1
     intensity_shift: float = 0.1
+    organ_contrast_prob: float = 0.0
+    hu_window_width: float = 500.0
+    slab_prob: float = 0.0
+    slab_min_voxels: int = 24
 
     def __post_init__(self) -> None:
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise ValueError(f"flip_axes must be spatial axes 0..2, got {list(self.flip_axes)}")
         if not 0.0 <= self.intensity_prob <= 1.0:
             raise ValueError(f"intensity_prob must be in [0, 1], got {self.intensity_prob}")
+        for name in ("organ_contrast_prob", "slab_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.slab_min_voxels < 1 or self.hu_window_width <= 0:
+            raise ValueError("slab_min_voxels must be >= 1 and hu_window_width > 0")
 
 
 def pad_to_at_least(array: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -202,15 +227,48 @@ class PatchSampler:
         apply_intensity = self.rng.random() < config.intensity_prob
         scale = 1.0 + self.rng.uniform(-config.intensity_scale, config.intensity_scale)
         shift = self.rng.uniform(-config.intensity_shift, config.intensity_shift)
+        # The newer augmentations draw only when enabled, so runs without them resume as before.
+        contrast = self._contrast_draw() if config.organ_contrast_prob > 0 else None
+        slab = self._slab_draw(image.shape[2]) if config.slab_prob > 0 else None
         image = image.float()
         if flips:
             image = torch.flip(image, flips)
             label = torch.flip(label, flips)
             if 0 in flips:
                 label = self.swap_lut[label.long()].to(label.dtype)
+        if contrast is not None:
+            image = (image + contrast[label.long().clamp_max(len(contrast) - 1)]).clamp(0.0, 1.0)
         if apply_intensity:
             image = image * scale + shift
+        if slab is not None:
+            image, label = image.clone(), label.clone()
+            for part in (slice(0, slab.start), slice(slab.stop, None)):
+                image[:, :, part] = 0.0
+                label[:, :, part] = 0
         return image.contiguous(), label.contiguous()
+
+    def _contrast_draw(self) -> torch.Tensor | None:
+        """Per label value, the intensity shift of a simulated contrast phase (None: not this patch)."""
+        config = self.augment
+        apply = self.rng.random() < config.organ_contrast_prob
+        strength = self.rng.uniform(-0.5, 1.0)
+        jitter = self.rng.uniform(0.7, 1.3, size=len(self.swap_lut))
+        if not apply:
+            return None
+        hu = np.array([0.0] + [ENHANCEMENT_HU.get(k, 40.0) for k in range(1, len(self.swap_lut))])
+        return torch.from_numpy(strength * jitter * hu / config.hu_window_width).float()
+
+    def _slab_draw(self, height: int) -> slice | None:
+        """The z slab kept of a patch ``height`` voxels tall, centred as the sliding window centres
+        a short scan (None: the whole patch)."""
+        config = self.augment
+        apply = self.rng.random() < config.slab_prob
+        low = min(config.slab_min_voxels, height)
+        thickness = int(self.rng.integers(low, height + 1))
+        if not apply or thickness >= height:
+            return None
+        offset = (height - thickness) // 2
+        return slice(offset, offset + thickness)
 
     def _swap_table(self, max_label: int) -> torch.Tensor:
         top = max([max_label, *(max(pair) for pair in self.augment.lateral_pairs)])

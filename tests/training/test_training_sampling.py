@@ -129,3 +129,60 @@ def test_bad_ratios_and_axes_are_refused():
         PatchSampler([image], [labels], patch_size=8, positive=0, negative=0)
     with pytest.raises(ValueError, match="flip_axes"):
         AugmentConfig(flip_axes=(3,))
+
+
+def _contrast_sampler(**augment):
+    """One 16x16x16 case: background at 0.5, liver (1) and aorta (5) halves of a central block."""
+    labels = torch.zeros((16, 16, 16), dtype=torch.uint8)
+    labels[4:12, 4:8, 4:12] = 1
+    labels[4:12, 8:12, 4:12] = 5
+    image = torch.full((16, 16, 16), 0.5)
+    return PatchSampler([image], [labels], patch_size=16, positive=1, negative=0, seed=3,
+                        augment=AugmentConfig(intensity_prob=0.0, **augment)), labels
+
+
+def test_organ_contrast_shifts_each_organ_by_its_own_enhancement_and_leaves_background():
+    from training.sampling import ENHANCEMENT_HU
+
+    sampler, labels = _contrast_sampler(organ_contrast_prob=1.0, hu_window_width=500.0)
+    aorta_shifts, liver_shifts = [], []
+    for _ in range(40):
+        image, patch_labels = sampler.next_batch(1)
+        image, patch_labels = image[0, 0], patch_labels[0, 0]
+        assert torch.equal(patch_labels, labels.long())  # labels never change
+        assert torch.all(image[labels == 0] == 0.5)
+        for label, shifts in ((5, aorta_shifts), (1, liver_shifts)):
+            values = image[labels == label]
+            assert torch.all(values == values[0])  # one shift per organ
+            shifts.append(float(values[0]) - 0.5)
+    aorta, liver = np.array(aorta_shifts), np.array(liver_shifts)
+    assert aorta.max() > 0.1 and aorta.min() < -0.02  # enhanced and de-enhanced phases both drawn
+    assert np.all(np.abs(aorta) <= 1.3 * ENHANCEMENT_HU[5] / 500 + 1e-6)
+    assert np.all(np.abs(liver) <= 1.3 * ENHANCEMENT_HU[1] / 500 + 1e-6)
+    assert np.abs(aorta).mean() > 2 * np.abs(liver).mean()  # the aorta enhances far more
+    assert np.all(np.sign(aorta) == np.sign(liver))  # one phase per patch
+
+
+def test_slab_keeps_a_centred_z_slab_and_pads_the_rest_as_the_sliding_window_does():
+    sampler, labels = _contrast_sampler(slab_prob=1.0, slab_min_voxels=4)
+    thicknesses = set()
+    for _ in range(30):
+        image, patch_labels = sampler.next_batch(1)
+        kept = torch.nonzero(image[0, 0].amax(dim=(0, 1)) > 0).flatten()
+        if kept.numel() == 16:
+            continue  # the whole patch was drawn (thickness = height)
+        start, stop = int(kept[0]), int(kept[-1]) + 1
+        thickness = stop - start
+        assert thickness >= 4 and start == (16 - thickness) // 2
+        assert torch.all(image[0, 0, :, :, :start] == 0) and torch.all(image[0, 0, :, :, stop:] == 0)
+        assert torch.all(patch_labels[0, 0, :, :, :start] == 0) and torch.all(patch_labels[0, 0, :, :, stop:] == 0)
+        assert torch.equal(patch_labels[0, 0, :, :, start:stop], labels[:, :, start:stop].long())
+        thicknesses.add(thickness)
+    assert len(thicknesses) >= 4
+
+
+def test_augmentation_probabilities_outside_0_1_are_refused():
+    with pytest.raises(ValueError, match="organ_contrast_prob"):
+        AugmentConfig(organ_contrast_prob=1.5)
+    with pytest.raises(ValueError, match="slab_prob"):
+        AugmentConfig(slab_prob=-0.1)
