@@ -73,9 +73,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise ValueError(f"flip_axes must be spatial axes 0..2, got {list(self.flip_axes)}")
-        if not 0.0 <= self.intensity_prob <= 1.0:
-            raise ValueError(f"intensity_prob must be in [0, 1], got {self.intensity_prob}")
-        for name in ("organ_contrast_prob", "slab_prob"):
+        for name in ("intensity_prob", "organ_contrast_prob", "slab_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.slab_min_voxels < 1 or self.hu_window_width <= 0:
@@ -156,6 +154,9 @@ class PatchSampler:
         self.present_labels = sorted(self.cases_with)
         self.label_probs = self._label_probabilities(label_weights or {})
         self.swap_lut = self._swap_table(max(int(lb.max()) for lb in self.labels))
+        # Per label value (the swap table's range), the HU its contrast phase may add.
+        self.enhancement_hu = torch.tensor([0.0] + [float(ENHANCEMENT_HU.get(k, 40.0))
+                                                    for k in range(1, len(self.swap_lut))])
         self.rng = np.random.default_rng(seed)
         log.info("patch sampler: %d cases, labels present %s", len(self.images), self.present_labels)
 
@@ -237,7 +238,7 @@ class PatchSampler:
             if 0 in flips:
                 label = self.swap_lut[label.long()].to(label.dtype)
         if contrast is not None:
-            image = (image + contrast[label.long().clamp_max(len(contrast) - 1)]).clamp(0.0, 1.0)
+            image = (image + contrast[label.long()]).clamp(0.0, 1.0)  # one shift per label value
         if apply_intensity:
             image = image * scale + shift
         if slab is not None:
@@ -255,8 +256,7 @@ class PatchSampler:
         jitter = self.rng.uniform(0.7, 1.3, size=len(self.swap_lut))
         if not apply:
             return None
-        hu = np.array([0.0] + [ENHANCEMENT_HU.get(k, 40.0) for k in range(1, len(self.swap_lut))])
-        return torch.from_numpy(strength * jitter * hu / config.hu_window_width).float()
+        return torch.from_numpy(strength * jitter).float() * self.enhancement_hu / config.hu_window_width
 
     def _slab_draw(self, height: int) -> slice | None:
         """The z slab kept of a patch ``height`` voxels tall, centred as the sliding window centres

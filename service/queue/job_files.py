@@ -29,17 +29,28 @@ log = logging.getLogger(__name__)
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK}
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+def _written_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a synced temp file beside ``path`` (the caller renames or links it, then
+    removes what is left)."""
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False)
     try:
         with handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
+        raise
+    return Path(handle.name)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    scratch = _written_temp(path, data)
+    try:
+        os.replace(scratch, path)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
         raise
 
 
@@ -55,13 +66,8 @@ def write_json_once(path: Path, value: dict) -> bool:
     filesystem without hard links it falls back to check-then-rename, which leaves a window of
     a few microseconds between two writers.
     """
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False)
-    scratch = Path(handle.name)
+    scratch = _written_temp(path, json.dumps(value).encode())
     try:
-        with handle:
-            handle.write(json.dumps(value).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(scratch, path)
             return True
